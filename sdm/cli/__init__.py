@@ -1,0 +1,23 @@
+"""The ``sdm`` command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from sdm.env import apply_quiet_offline_env
+
+apply_quiet_offline_env()
+
+from sdm.cli import config_cmd  # noqa: E402
+
+app = typer.Typer(
+    help="sdm: train, evaluate, version and ship semantic image synthesis diffusion models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(config_cmd.app, name="config")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,212 @@
+"""Typed run configuration: one dataclass per params.yaml section.
+
+The defaults here are the ``toy`` settings (the embedded default: the built-in
+synthetic scenes and a small model that trains on 2 CPU cores in minutes).
+Range and choice checks live in field metadata so that the loader can report
+the key path and the offending value (see ``sdm.config.load``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _f(default: Any = None, *, factory: Any = None, **checks: Any) -> Any:
+    """A dataclass field with validation metadata (min, max, choices)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata=checks)
+    return field(default=default, metadata=checks)
+
+
+@dataclass
+class SynthConfig:
+    """The built-in synthetic scenes dataset (``sdm data synth``)."""
+
+    n: int = _f(400, min=1)
+    size: int = _f(64, min=16)
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the raw data lives, its format, and how it is prepared."""
+
+    format: str = "folder"
+    source: str = "data/raw/synthetic"
+    prepared: str = "data/prepared/synthetic"
+    # [H, W] of prepared images and of the model's input.
+    image_size: list[int] = _f(factory=lambda: [32, 32], length=2, min_each=8)
+    synth: SynthConfig = _f(factory=SynthConfig)
+    # Formats without an official split get a reproducible one from these.
+    val_fraction: float = _f(0.1, min=0.0, max=0.9)
+    split_seed: int = 0
+    on_error: str = _f("fail", choices=("fail", "skip"))
+    shard_mb: int = _f(32, min=1)
+    # Training augmentation (official recipe: random resized crop + flip).
+    random_flip: bool = True
+    random_crop: bool = True
+    crop_scale: list[float] = _f(factory=lambda: [0.8, 1.0], length=2)
+    loader_workers: int = _f(0, min=0)
+
+
+@dataclass
+class ModelConfig:
+    """The SPADE diffusion U-Net. Field names follow the official flags."""
+
+    # [H, W]; must match data.image_size.
+    image_size: list[int] = _f(factory=lambda: [32, 32], length=2, min_each=8)
+    num_classes: int = _f(12, min=1)
+    # Adds one channel of instance edges to the SPADE input.
+    use_instance: bool = True
+    in_channels: int = _f(3, min=1)
+    model_channels: int = _f(32, min=8)
+    num_res_blocks: int = _f(1, min=1)
+    channel_mult: list[float] = _f(factory=lambda: [1.0, 2.0, 2.0])
+    # Feature-map sizes (along the longer side) that get self-attention.
+    attention_resolutions: list[int] = _f(factory=lambda: [8])
+    num_heads: int = _f(2, min=1)
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    dropout: float = _f(0.0, min=0.0, max=1.0)
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = True
+    learn_sigma: bool = True
+    use_checkpoint: bool = False
+    use_fp16: bool = False
+    spade_hidden: int = _f(128, min=1)
+
+    @property
+    def out_channels(self) -> int:
+        return 6 if self.learn_sigma else 3
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels of the SPADE input: one-hot classes (+1 instance edges)."""
+        return self.num_classes + (1 if self.use_instance else 0)
+
+    @classmethod
+    def from_official_args(cls, mapping: dict[str, Any]) -> ModelConfig:
+        from sdm.config.official import model_config_from_official_args
+
+        return model_config_from_official_args(mapping)
+
+
+@dataclass
+class DiffusionConfig:
+    """The forward process and the training loss."""
+
+    steps: int = _f(1000, min=1)
+    noise_schedule: str = _f("linear", choices=("linear", "cosine"))
+    # Improved DDPM hybrid loss: L_simple + lambda_vlb * L_vlb, where L_vlb is
+    # the sum over all T terms (so 0.001 * T = 1 per term at T = 1000).
+    lambda_vlb: float = _f(0.001, min=0.0)
+
+
+@dataclass
+class SampleConfig:
+    """Guided sampling defaults for ``sdm sample`` and training grids."""
+
+    sampler: str = _f("dpmpp", choices=("ddpm", "ddim", "dpmpp"))
+    steps: int = _f(25, min=1)
+    guidance_scale: float = _f(1.5, min=0.0)
+    eta: float = _f(0.0, min=0.0, max=1.0)
+    seed: int = 0
+    batch_size: int = _f(8, min=1)
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase (the paper's pretrain or finetune)."""
+
+    steps: int = _f(1000, min=0)
+    lr: float = _f(1e-4, min=0.0)
+    drop_rate: float = _f(0.0, min=0.0, max=1.0)
+    warmup_steps: int = _f(0, min=0)
+    lr_schedule: str = _f("constant", choices=("constant", "cosine"))
+
+
+@dataclass
+class TrainConfig:
+    """Ray-dispatched distributed training."""
+
+    phases: list[str] = _f(factory=lambda: ["pretrain", "finetune"], subset_of=("pretrain", "finetune"))
+    pretrain: PhaseConfig = _f(factory=lambda: PhaseConfig(steps=1200, lr=2e-4, drop_rate=0.0))
+    finetune: PhaseConfig = _f(factory=lambda: PhaseConfig(steps=300, lr=1e-4, drop_rate=0.2))
+    # Global batch, split evenly over workers.
+    batch_size: int = _f(16, min=1)
+    workers: int = _f(2, min=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = _f(1, min=1)
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16"))
+    ema_rate: float = _f(0.999, min=0.0, max=1.0)
+    grad_clip: float = _f(1.0, min=0.0)
+    weight_decay: float = _f(0.0, min=0.0)
+    seed: int = 0
+    checkpoint_every: int = _f(250, min=1)
+    keep_checkpoints: int = _f(2, min=1)
+    log_every: int = _f(50, min=1)
+    sample_every: int = _f(1000, min=1)
+    max_failures: int = _f(2, min=0)
+    storage_path: str = "runs"
+    # Fault injection for tests: rank 1 dies once when it reaches this step.
+    fail_at_step: int = -1
+
+
+@dataclass
+class SegmenterConfig:
+    """The compact evaluation segmenter (for mIoU, FSD, feature diversity)."""
+
+    steps: int = _f(600, min=1)
+    lr: float = _f(2e-3, min=0.0)
+    batch_size: int = _f(16, min=1)
+    width: int = _f(32, min=4)
+    path: str = ""
+
+
+@dataclass
+class EvaluateConfig:
+    """Classifier-free guided evaluation of a checkpoint."""
+
+    split: str = "val"
+    guidance_scales: list[float] = _f(factory=lambda: [1.0, 1.5])
+    sampler: str = _f("dpmpp", choices=("ddpm", "ddim", "dpmpp"))
+    steps: int = _f(25, min=1)
+    num_samples: int = _f(0, min=0)  # 0 = the whole split
+    repeats: int = _f(2, min=1)
+    batch_size: int = _f(16, min=1)
+    seed: int = 0
+    # "sampler:steps" pairs for the steps sweep.
+    steps_sweep: list[str] = _f(factory=lambda: ["ddpm:1000", "ddim:50", "dpmpp:25", "dpmpp:15"])
+    inception_weights: str = ""
+    lpips_weights: str = ""
+    min_fid_samples: int = _f(2048, min=1)
+    segmenter: SegmenterConfig = _f(factory=SegmenterConfig)
+
+
+@dataclass
+class RegisterConfig:
+    """MLflow registration and promotion."""
+
+    model_name: str = "sdm-toy"
+    alias: str = "candidate"
+    champion_alias: str = "champion"
+    promote: bool = True
+    # "auto": FID when it was computed, else FSD. Lower is better for both.
+    primary_metric: str = "auto"
+    tracking_uri: str = ""
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration (all params.yaml sections)."""
+
+    data: DataConfig = _f(factory=DataConfig)
+    model: ModelConfig = _f(factory=ModelConfig)
+    diffusion: DiffusionConfig = _f(factory=DiffusionConfig)
+    train: TrainConfig = _f(factory=TrainConfig)
+    sample: SampleConfig = _f(factory=SampleConfig)
+    evaluate: EvaluateConfig = _f(factory=EvaluateConfig)
+    register: RegisterConfig = _f(factory=RegisterConfig)
+    # The preset this config started from (informational).
+    preset: str = ""
