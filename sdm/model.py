@@ -1,0 +1,153 @@
+"""The public model API: ``SDMUNet`` and its checkpoint directory.
+
+A checkpoint is a directory:
+
+- ``model.safetensors``: the weights (``ema.safetensors`` beside it when an EMA copy exists);
+- ``config.json``: the whole resolved ``sdm.config.Config``, so the diffusion
+  and sampling settings travel with the weights;
+- ``meta.json`` (optional): free-form facts (step, data_version, class_names, palette, ...).
+
+It is written to a temporary sibling directory and renamed into place, so a
+reader never sees half a checkpoint. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sdm.config.load import ConfigError, from_dict, to_dict
+from sdm.config.schema import Config
+from sdm.nn.unet import ImageSizeError, SDMUNet
+from sdm.official_checkpoint import load_official_checkpoint
+from sdm.state_dict_check import CheckpointError, check_state_dict
+
+__all__ = [
+    "CheckpointError", "ImageSizeError", "SDMUNet", "load_checkpoint", "load_official_checkpoint",
+    "read_checkpoint_config", "read_checkpoint_meta", "save_checkpoint",
+]
+
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+CONFIG_FILE = "config.json"
+META_FILE = "meta.json"
+
+
+def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(directory: str | Path, model_state: dict[str, torch.Tensor], config: Config,
+                    ema_state: dict[str, torch.Tensor] | None = None, meta: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically (replacing an existing one); returns its path.
+
+    The states are checked against ``SDMUNet(config.model)`` first (a
+    ``CheckpointError`` names the key, the shape found and expected), so a
+    checkpoint that could not be loaded is never written.
+    """
+    directory = Path(directory)
+    with torch.device("meta"):
+        reference = SDMUNet(config.model)
+    check_state_dict(reference, model_state, "model_state", "config.model")
+    if ema_state is not None:
+        check_state_dict(reference, ema_state, "ema_state", "config.model")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        save_file(_plain(model_state), str(tmp / MODEL_FILE))
+        if ema_state is not None:
+            save_file(_plain(ema_state), str(tmp / EMA_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2))
+        if meta is not None:
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _require_dir(directory: Path) -> None:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no checkpoint directory here (expected {MODEL_FILE} + {CONFIG_FILE})")
+
+
+def read_checkpoint_config(directory: str | Path) -> Config:
+    """The resolved ``Config`` stored in ``directory/config.json`` (errors name the file and key)."""
+    directory = Path(directory)
+    _require_dir(directory)
+    path = directory / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; a checkpoint directory holds {MODEL_FILE} + {CONFIG_FILE}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of config sections")
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
+    """The free-form ``meta.json`` of a checkpoint ({} when it has none)."""
+    directory = Path(directory)
+    _require_dir(directory)
+    path = directory / META_FILE
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return meta
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; a checkpoint directory holds {MODEL_FILE} + {CONFIG_FILE}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read safetensors: {e}") from None
+
+
+def load_checkpoint(directory: str | Path, use_ema: bool = True,
+                    device: str | torch.device = "cpu") -> tuple[SDMUNet, Config]:
+    """(SDMUNet in eval mode on ``device``, its Config) from a checkpoint directory.
+
+    Loads ``ema.safetensors`` when present and ``use_ema``, else ``model.safetensors``.
+    Weights that do not fit ``config.json``'s model section raise ``CheckpointError``
+    naming the weights file, the key, the shape found and expected.
+    """
+    directory = Path(directory)
+    config = read_checkpoint_config(directory)
+    weights = directory / (EMA_FILE if use_ema and (directory / EMA_FILE).exists() else MODEL_FILE)
+    state = _read_weights(weights)
+    try:
+        # Built on the meta device: no time spent on an initialisation the weights overwrite.
+        with torch.device("meta"):
+            model = SDMUNet(config.model)
+    except ConfigError as e:
+        raise ConfigError(f"{directory / CONFIG_FILE}: {e}") from None
+    check_state_dict(model, state, str(weights), f"{directory / CONFIG_FILE} (model section)")
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, assign=True)
+    return model.to(device).eval(), config
