@@ -1,0 +1,63 @@
+"""The per-step network call of guided sampling: cond + null branches, batched or not, SPADE cache or not.
+
+Two speed-ups over the official sampler, both exact (same outputs):
+  * batched CFG: the conditional and null rows go through ONE forward of batch 2N;
+  * SPADE cache: every SPADE gamma/beta depends only on the label map, never on
+    x_t or t, so they are computed once per sampling call and reused at every step.
+``batched_cfg=False, use_spade_cache=False`` is the official (plain) path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sdm.conditioning import null_segmap_like
+from sdm.diffusion.guidance import classifier_free_guidance
+
+
+class GuidedDenoiser:
+    """``denoiser(x_t [N,3,H,W], t [N] original timesteps) -> guided model output [N, 6|3, H, W]`` (float32)."""
+
+    def __init__(
+        self,
+        model: Any,
+        segmap: Tensor,
+        guidance_scale: float,
+        *,
+        batched_cfg: bool = True,
+        use_spade_cache: bool = True,
+    ) -> None:
+        self.model = model
+        self.guidance_scale = float(guidance_scale)
+        self.guided = self.guidance_scale != 1.0
+        self.batched = batched_cfg and self.guided
+        if use_spade_cache and not callable(getattr(model, "spade_cache", None)):
+            raise TypeError(f"{type(model).__name__} has no spade_cache(segmap); sample with use_spade_cache=False")
+        self.segmap = segmap
+        self.null = null_segmap_like(segmap) if self.guided else None
+        if self.batched:
+            # One label-map batch [cond; null] for every step, and its cache.
+            self.segmap_in = torch.cat([segmap, self.null])
+            self.cache = model.spade_cache(self.segmap_in) if use_spade_cache else None
+        else:
+            self.cache = model.spade_cache(segmap) if use_spade_cache else None
+            self.null_cache = model.spade_cache(self.null) if use_spade_cache and self.guided else None
+
+    def _forward(self, x_t: Tensor, t: Tensor, segmap: Tensor, cache: Any) -> Tensor:
+        if cache is None:
+            return self.model(x_t, t, segmap).float()
+        return self.model(x_t, t, segmap, spade_cache=cache).float()
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        if not self.guided:
+            return self._forward(x_t, t, self.segmap, self.cache)
+        if self.batched:
+            out = self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]), self.segmap_in, self.cache)
+            out_cond, out_uncond = out.chunk(2)
+        else:
+            out_cond = self._forward(x_t, t, self.segmap, self.cache)
+            out_uncond = self._forward(x_t, t, self.null, self.null_cache)
+        return classifier_free_guidance(out_cond, out_uncond, self.guidance_scale)
