@@ -1,0 +1,143 @@
+"""``sdm evaluate``: guided sampling of a split, scored (mIoU, FSD, diversity, FID), and the evaluation segmenter.
+
+    sdm evaluate --checkpoint DIR --data DIR --out DIR [--guidance 1.0,1.5,2.0] ...
+    sdm evaluate train-segmenter --data DIR
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Evaluate a checkpoint with classifier-free guidance (mIoU, FSD, feature diversity, FID, sweeps).",
+    invoke_without_command=True,
+)
+
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Prepared data directory (default: data.prepared).")]
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Every error that means 'bad input' (printed as one message, exit code 2), imported lazily."""
+    from sdm.eval.checks import EvaluationInputError
+    from sdm.eval.frechet import FeatureStatsError
+    from sdm.eval.inception import InceptionWeightsError
+    from sdm.eval.segmenter import SegmenterError
+    from sdm.eval.sweep import SweepSpecError
+
+    errors: list[type[BaseException]] = [EvaluationInputError, FeatureStatsError, InceptionWeightsError,
+                                         SegmenterError, SweepSpecError]
+    for module, name in (("sdm.model", "CheckpointError"), ("sdm.sampling", "SampleInputError"),
+                         ("sdm.conditioning", "LabelRangeError"), ("sdm.data.manifest", "ManifestError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _run_reporting_input_errors(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    with user_errors():
+        try:
+            return fn(*args, **kwargs)
+        except _input_errors() as e:
+            raise UserError(str(e)) from e
+
+
+@app.callback()
+def evaluate(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint directory (EMA weights "
+                                                     "when present).")] = None,
+    data: DataOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory (replaced atomically).")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default evaluate.split).")] = None,
+    guidance: Annotated[str | None, typer.Option("--guidance", help="Guidance scale(s), e.g. 1.5 or "
+                                                 "1.0,1.5,2.0.")] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="ddpm, ddim or dpmpp.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps.")] = None,
+    num_samples: Annotated[int | None, typer.Option("--num-samples", help="Label maps to use (0 = the whole "
+                                                    "split).")] = None,
+    repeats: Annotated[int | None, typer.Option("--repeats", help="Samples per label map (diversity needs "
+                                                ">= 2).")] = None,
+    steps_sweep: Annotated[str | None, typer.Option("--steps-sweep", help="Also sweep sampler:steps pairs, "
+                                                    "e.g. ddpm:1000,ddim:50,dpmpp:25; 'config' = "
+                                                    "evaluate.steps_sweep.")] = None,
+    segmenter: Annotated[str | None, typer.Option("--segmenter", help="Segmenter directory or TorchScript file "
+                                                  "(default: the cached one for the data).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sampling batch size.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA weights when present.")] = True,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to the checkpoint's MLflow "
+                                         "run.")] = True,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Sample a split with classifier-free guidance and write metrics.json, samples, grids, tables and plots."""
+    if ctx.invoked_subcommand is not None:
+        return
+    overrides = list(set_ or [])
+    with user_errors():
+        from sdm.eval.sweep import parse_pairs, parse_scales
+
+        try:
+            if guidance is not None:
+                overrides.append(f"evaluate.guidance_scales={json.dumps(parse_scales(guidance))}")
+            if steps_sweep not in (None, "config"):
+                pairs = [f"{s}:{k}" for s, k in parse_pairs([steps_sweep])]
+                overrides.append(f"evaluate.steps_sweep={json.dumps(pairs)}")
+        except ValueError as e:
+            raise UserError(str(e)) from e
+    for key, value in (("split", split), ("sampler", sampler), ("steps", steps), ("num_samples", num_samples),
+                       ("repeats", repeats), ("batch_size", batch_size), ("segmenter.path", segmenter)):
+        if value is not None:
+            overrides.append(f"evaluate.{key}={json.dumps(value)}")
+    cfg = load_config(preset, overrides, params)
+    dry_run_exit(cfg, dry_run)
+    with user_errors():
+        if checkpoint is None or out is None:
+            raise UserError("sdm evaluate needs --checkpoint DIR and --out DIR (see sdm evaluate --help)")
+    from sdm.eval.runner import EvalRequest, default_device, run_evaluation
+
+    request = EvalRequest(
+        checkpoint=checkpoint, data=data or Path(cfg.data.prepared), out=out,
+        steps_sweep=steps_sweep is not None, use_ema=ema, log_mlflow=mlflow,
+        device=default_device() if device == "auto" else device,
+    )
+    metrics = _run_reporting_input_errors(run_evaluation, request, cfg, log=lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "skipped"}, indent=2))
+
+
+@app.command("train-segmenter")
+def train_segmenter_cmd(
+    data: DataOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Save here instead of the cache (reused when "
+                                             "present).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even when a cached one exists.")] = False,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Train the evaluation segmenter on the real train split (cached per data version) and report its val mIoU."""
+    cfg = load_config(preset, set_, params)
+    dry_run_exit(cfg, dry_run)
+    from sdm.eval.segmenter_cache import train_and_save
+
+    seg, directory, trained = _run_reporting_input_errors(
+        train_and_save, data or Path(cfg.data.prepared), cfg, out_dir=out, force=force,
+        log=lambda m: typer.echo(m, err=True),
+    )
+    summary = {"segmenter": str(directory), "trained_now": trained, "data_version": seg.info.get("data_version"),
+               "val_miou": seg.info.get("val_miou"), "val_images": seg.info.get("val_images")}
+    typer.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,34 @@
+"""Where evaluation caches live: trained segmenters and real-image statistics.
+
+Both are keyed by the data version (a hash of the prepared data), so they are
+reused for as long as the data is unchanged and never mixed across versions.
+Root: ``SDM_CACHE_DIR``, else ``$XDG_CACHE_HOME/sdm``, else ``~/.cache/sdm``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ENV_CACHE = "SDM_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    env = os.environ.get(ENV_CACHE, "").strip()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sdm"
+
+
+def short_hash(obj: Any, n: int = 12) -> str:
+    """A stable short hash of a JSON-serialisable value (cache keys for settings and id lists)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+
+
+def safe_name(text: str) -> str:
+    """A data version or split name usable as one path component."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80] or "_"

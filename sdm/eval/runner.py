@@ -1,0 +1,282 @@
+"""``sdm evaluate``: sample a split with classifier-free guidance and score it.
+
+Writes into ``out`` (built in a temporary sibling directory, renamed into place):
+
+- ``metrics.json``: flat numeric keys (``miou@1.5``, ``fsd@1.5``,
+  ``feature_diversity@1.5``, ``fid@1.5``, ``seconds_per_image@1.5``,
+  ``steps/dpmpp:25/miou`` ..., ``segmenter_miou_real``), ``primary_metric``
+  (the key the registry ranks by) and ``skipped`` {metric: reason};
+- ``evaluation.json``: what was evaluated and how (checkpoint, data version,
+  segmenter, feature spaces, warnings, MLflow run);
+- ``samples/``, ``grids/`` (coloured label | real | R samples), per-class IoU,
+  guidance-sweep and steps-sweep tables (CSV + markdown) and plots (PNG), and
+  the resolved ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdm.config import Config, write_resolved
+from sdm.eval import report
+from sdm.eval.checks import EvaluationInputError, check_compatible, empty_split_error
+from sdm.eval.diversity import lpips_skip_reason
+from sdm.eval.fid import (
+    inception_weights_path,
+    load_configured_inception,
+    missing_weights_reason,
+    real_statistics,
+    too_few_reason,
+)
+from sdm.eval.miou import confusion_matrix, mean_iou, per_class_iou
+from sdm.eval.scoring import RealReference, score_samples
+from sdm.eval.sweep import format_scale, pair_name, parse_pairs
+
+
+@dataclass
+class EvalRequest:
+    """What to evaluate; every other setting comes from ``config.evaluate``.
+
+    ``segmenter``: a segmenter directory or TorchScript file ("" = the config's
+    ``evaluate.segmenter.path``, else the cached one for the data, trained when
+    missing). ``steps_sweep``: also run the ``evaluate.steps_sweep`` pairs.
+    """
+
+    checkpoint: Path
+    data: Path
+    out: Path
+    segmenter: str = ""
+    steps_sweep: bool = False
+    use_ema: bool = True
+    log_mlflow: bool = True
+    device: str = "cpu"
+
+
+def primary_scale(config: Config) -> float:
+    scales = list(config.evaluate.guidance_scales)
+    return config.sample.guidance_scale if config.sample.guidance_scale in scales else scales[0]
+
+
+def _resolve_segmenter(req: EvalRequest, config: Config, num_classes: int, log: Callable[[str], None]) -> Any:
+    from sdm.eval.segmenter_cache import load_segmenter, train_and_save
+
+    path = req.segmenter or config.evaluate.segmenter.path
+    if path:
+        return load_segmenter(path, num_classes)
+    return train_and_save(req.data, config, log=log)[0]
+
+
+def _generate(model: Any, ckpt_config: Config, real: dict, config: Config, *, scale: float, sampler: str,
+              steps: int) -> tuple[np.ndarray, float]:
+    """R samples per label map: uint8 [R, N, H, W, 3] and seconds per image.
+
+    One ``generate`` call over the label maps tiled R times: sample r*N + i gets
+    seed ``evaluate.seed + r*N + i``, so repeats never share noise, and every
+    guidance scale / sampler sees the same noise (paired comparisons).
+    """
+    from sdm.sampling import generate
+
+    r, n = config.evaluate.repeats, len(real["ids"])
+    labels = np.concatenate([real["labels"]] * r)
+    instances = np.concatenate([real["instances"]] * r) if real["instances"] is not None else None
+    start = time.perf_counter()
+    images = generate(model, ckpt_config, labels, instances, guidance_scale=scale, sampler=sampler, steps=steps,
+                      seed=config.evaluate.seed, batch_size=config.evaluate.batch_size)
+    seconds = time.perf_counter() - start
+    return images.reshape(r, n, *images.shape[1:]), seconds / (r * n)
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate ``req.checkpoint`` on ``req.data`` (see the module docstring); returns metrics.json's content."""
+    from sdm.data.manifest import read_manifest
+    from sdm.data.version import data_version
+    from sdm.eval.segmenter_train import load_split_arrays
+    from sdm.model import load_checkpoint, read_checkpoint_meta
+
+    ev = config.evaluate
+    scales = list(ev.guidance_scales)
+    if not scales:
+        raise EvaluationInputError("no guidance scales to evaluate (evaluate.guidance_scales / --guidance)")
+    pairs = parse_pairs(list(ev.steps_sweep)) if req.steps_sweep else []
+    if req.steps_sweep and not pairs:
+        raise EvaluationInputError("--steps-sweep given but evaluate.steps_sweep is empty")
+    manifest = read_manifest(req.data)
+    version = data_version(req.data)
+    # Weights first: a configured-but-missing file fails before any sampling.
+    inception = load_configured_inception(config, device=req.device)
+    model, ckpt_config = load_checkpoint(req.checkpoint, use_ema=req.use_ema, device=req.device)
+    meta = read_checkpoint_meta(req.checkpoint)
+    warnings = check_compatible(req.checkpoint, ckpt_config, req.data, manifest, meta)
+    for w in warnings:
+        log(f"warning: {w}")
+
+    real = load_split_arrays(req.data, ev.split, ev.num_samples)
+    n, reps = len(real["ids"]), ev.repeats
+    if n == 0:
+        raise empty_split_error(req.data, ev.split, manifest)
+    log(f"evaluating {req.checkpoint} on {n} {ev.split} label maps x {reps} samples; guidance {scales}")
+    segmenter = _resolve_segmenter(req, config, manifest.num_classes, log)
+    real_pred, real_feats = segmenter.predict(real["images"])
+    real_conf = confusion_matrix(real_pred, real["labels"], manifest.num_classes)
+
+    skipped: dict[str, str] = {"lpips": lpips_skip_reason(config)}
+    stats, fid_reason, stats_cached = None, None, False
+    if inception is None:
+        fid_reason = missing_weights_reason()
+    elif n < ev.min_fid_samples:
+        fid_reason = too_few_reason(n, ev.min_fid_samples)
+    else:
+        weights = inception_weights_path(config)
+        assert weights is not None
+        mu, sigma, stats_cached = real_statistics(inception, real["images"], data_version=version, split=ev.split,
+                                                  ids=real["ids"], weights_path=weights)
+        stats = (mu, sigma)
+    ref = RealReference(real["images"], real["labels"], real_feats, stats, fid_reason)
+
+    metrics: dict[str, Any] = {"segmenter_miou_real": mean_iou(real_conf), "num_images": n, "repeats": reps}
+    per_class: dict[str, np.ndarray] = {}
+    guidance_rows: list[dict[str, Any]] = []
+    sweep_rows: list[dict[str, Any]] = []
+    final = Path(req.out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        results: dict[tuple[float, str, int], tuple[dict, dict, np.ndarray, float]] = {}
+
+        def run(scale: float, sampler: str, steps: int, tag: str) -> tuple[dict, dict, np.ndarray, float]:
+            key = (scale, sampler, steps)
+            if key not in results:
+                log(f"sampling: guidance {format_scale(scale)}, {pair_name(sampler, steps)}")
+                samples, spi = _generate(model, ckpt_config, real, config, scale=scale, sampler=sampler, steps=steps)
+                m, sk, pc = score_samples(samples, ref, segmenter, inception, min_fid_samples=ev.min_fid_samples,
+                                          batch_size=ev.batch_size)
+                report.save_samples(samples, real["ids"], tmp / "samples" / tag)
+                report.save_label_grid(real["labels"], real["images"], samples, manifest.palette,
+                                       tmp / "grids" / f"{tag}.png")
+                results[key] = (m, sk, pc, spi)
+            return results[key]
+
+        for scale in scales:
+            g = format_scale(scale)
+            m, sk, pc, spi = run(scale, ev.sampler, ev.steps, f"guidance_{g}")
+            per_class[g] = pc
+            metrics.update({f"{k}@{g}": v for k, v in m.items()})
+            metrics[f"seconds_per_image@{g}"] = spi
+            skipped.update({f"{k}@{g}": v for k, v in sk.items()})
+            guidance_rows.append({"guidance_scale": scale, **m, "seconds_per_image": spi})
+        g0 = primary_scale(config)
+        for sampler, steps in pairs:
+            name = pair_name(sampler, steps)
+            m, sk, _, spi = run(g0, sampler, steps, f"steps_{sampler}_{steps}")
+            metrics.update({f"steps/{name}/{k}": v for k, v in m.items()})
+            metrics[f"steps/{name}/seconds_per_image"] = spi
+            skipped.update({f"steps/{name}/{k}": v for k, v in sk.items()})
+            sweep_rows.append({"sampler": sampler, "steps": steps, **m, "seconds_per_image": spi})
+
+        primary = _primary_metric(config, metrics, g0)
+        metrics = {k: _finite(v) if isinstance(v, float) else v for k, v in metrics.items()}
+        nan_keys = [k for k, v in metrics.items() if v is None]
+        for k in nan_keys:
+            skipped[k] = "undefined (no class present in prediction or target)"
+            del metrics[k]
+        metrics_doc = {**metrics, "primary_metric": primary, "skipped": skipped}
+        _write_tables(tmp, manifest, real_conf, per_class, guidance_rows, sweep_rows, g0)
+        info = {
+            "checkpoint": str(Path(req.checkpoint).resolve()), "weights": "ema" if req.use_ema else "model",
+            "checkpoint_meta": meta, "data": str(Path(req.data).resolve()), "data_version": version,
+            "split": ev.split, "num_images": n, "repeats": reps, "guidance_scales": scales,
+            "sampler": ev.sampler, "steps": ev.steps, "steps_sweep": [pair_name(*p) for p in pairs],
+            "primary_guidance_scale": g0, "segmenter": segmenter.source, "segmenter_info": segmenter.info,
+            "fsd_feature_space": segmenter.feature_space,
+            "fid": {"weights": str(inception_weights_path(config) or ""), "real_stats_from_cache": stats_cached,
+                    "reason_skipped": fid_reason},
+            "device": req.device, "warnings": warnings,
+        }
+        (tmp / "metrics.json").write_text(json.dumps(metrics_doc, indent=2) + "\n")
+        write_resolved(config, tmp)
+        info["mlflow"] = _maybe_log_mlflow(req, meta, metrics, tmp, config, log)
+        (tmp / "evaluation.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {final}/metrics.json (primary metric {primary} = {metrics.get(primary, 'skipped')})")
+    return metrics_doc
+
+
+def _primary_metric(config: Config, metrics: dict[str, Any], scale: float) -> str:
+    """``register.primary_metric`` at the primary scale; ``auto``: FID when computed, else FSD."""
+    g = format_scale(scale)
+    choice = config.register.primary_metric
+    if choice != "auto":
+        return choice if "@" in choice or "/" in choice else f"{choice}@{g}"
+    return f"fid@{g}" if f"fid@{g}" in metrics else f"fsd@{g}"
+
+
+def _write_tables(out: Path, manifest: Any, real_conf: np.ndarray, per_class: dict[str, np.ndarray],
+                  guidance_rows: list[dict], sweep_rows: list[dict], g0: float) -> None:
+    names = list(manifest.class_names) or [str(c) for c in range(manifest.num_classes)]
+    rows, cols = report.per_class_rows(names, per_class_iou(real_conf), per_class)
+    report.write_table(rows, cols, out / "per_class_iou", "Per-class IoU (iou_real: the segmenter on real images)")
+    cols = ["guidance_scale", *report.METRIC_COLUMNS]
+    report.write_table(guidance_rows, cols, out / "guidance_sweep", "Guidance sweep")
+    report.plot_sweep([r["guidance_scale"] for r in guidance_rows],
+                      {c: [r.get(c) for r in guidance_rows] for c in report.METRIC_COLUMNS},
+                      out / "guidance_sweep.png", "guidance scale")
+    if sweep_rows:
+        base = sweep_rows[0]
+        for row in sweep_rows:
+            for c in ("miou", "fsd"):
+                if row.get(c) is not None and base.get(c):
+                    row[f"{c}_vs_{base['sampler']}:{base['steps']}"] = row[c] / base[c]
+        extra = [k for k in sweep_rows[0] if k.endswith(f"_vs_{base['sampler']}:{base['steps']}")]
+        report.write_table(sweep_rows, ["sampler", "steps", *report.METRIC_COLUMNS, *extra], out / "steps_sweep",
+                           f"Steps sweep at guidance {format_scale(g0)}")
+
+
+def _maybe_log_mlflow(req: EvalRequest, meta: dict, metrics: dict, out: Path, config: Config,
+                      log: Callable[[str], None]) -> dict[str, Any]:
+    run_id = meta.get("mlflow_run_id")
+    if not req.log_mlflow:
+        return {"logged": False, "reason": "--no-mlflow"}
+    if not run_id:
+        return {"logged": False, "reason": "the checkpoint's meta.json has no mlflow_run_id"}
+    from sdm.eval.mlflow_log import log_to_run
+
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    try:
+        uri = log_to_run(str(run_id), numeric, out, config)
+    except LookupError as e:
+        log(f"warning: not logged to MLflow: {e}")
+        return {"logged": False, "run_id": run_id, "reason": str(e)}
+    log(f"logged to MLflow run {run_id} ({uri})")
+    return {"logged": True, "run_id": run_id, "tracking_uri": uri}
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{time.time_ns()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

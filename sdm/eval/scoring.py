@@ -1,0 +1,88 @@
+"""Score one set of generated images: mIoU, FSD, feature diversity and (when possible) FID.
+
+Conventions (also in the README):
+- mIoU: the segmenter's predictions on all R x N samples against the input
+  label maps, from one confusion matrix over the whole set;
+- FSD and FID: repeat 0 (one sample per label map) against the N real images
+  of the same label maps, so both sets have the same size whatever R is;
+- feature_diversity: over the R samples of each label map (needs R >= 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdm.eval.diversity import feature_diversity
+from sdm.eval.fid import inception_features, too_few_reason
+from sdm.eval.frechet import feature_statistics, frechet_distance
+from sdm.eval.inception import FIDInceptionV3
+from sdm.eval.miou import confusion_matrix, mean_iou, per_class_iou
+from sdm.eval.segmenter import Segmenter
+
+
+@dataclass
+class RealReference:
+    """The real side of the comparison, computed once per evaluation.
+
+    images uint8 [N, H, W, 3]; labels int64 [N, H, W]; seg_features float64
+    [N, D]; inception_stats (mu, sigma) or None with fid_skip_reason saying why.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    seg_features: np.ndarray
+    inception_stats: tuple[np.ndarray, np.ndarray] | None
+    fid_skip_reason: str | None
+
+
+def _fsd(real: np.ndarray, fake: np.ndarray) -> tuple[float | None, str | None]:
+    if len(real) < 2 or len(fake) < 2:
+        return None, f"FSD needs at least 2 images on each side, got {len(real)} real and {len(fake)} generated"
+    return frechet_distance(*feature_statistics(real), *feature_statistics(fake)), None
+
+
+def score_samples(
+    samples: np.ndarray,
+    ref: RealReference,
+    segmenter: Segmenter,
+    inception: FIDInceptionV3 | None,
+    *,
+    min_fid_samples: int,
+    batch_size: int = 32,
+) -> tuple[dict[str, float], dict[str, str], np.ndarray]:
+    """samples uint8 [R, N, H, W, 3] for the N label maps of ``ref``.
+
+    Returns (metrics {miou, fsd, feature_diversity, fid}, skipped {name: reason},
+    per-class IoU float [C] with NaN for classes in neither map).
+    """
+    r, n = samples.shape[:2]
+    if n != len(ref.labels):
+        raise ValueError(f"got samples for {n} label maps, expected {len(ref.labels)}")
+    flat = samples.reshape(r * n, *samples.shape[2:])
+    pred, feats = segmenter.predict(flat, batch_size=batch_size)
+    conf = confusion_matrix(pred, np.concatenate([ref.labels] * r), segmenter.num_classes)
+    metrics: dict[str, float] = {"miou": mean_iou(conf)}
+    skipped: dict[str, str] = {}
+    feats = feats.reshape(r, n, -1)
+
+    fsd, why = _fsd(ref.seg_features, feats[0])
+    if fsd is None:
+        skipped["fsd"] = why or ""
+    else:
+        metrics["fsd"] = fsd
+
+    if r >= 2:
+        metrics["feature_diversity"] = feature_diversity(feats.transpose(1, 0, 2))
+    else:
+        skipped["feature_diversity"] = "repeats = 1: diversity needs R >= 2 samples per label map (--repeats)"
+
+    if ref.inception_stats is None or inception is None:
+        skipped["fid"] = ref.fid_skip_reason or "FID not computed"
+    elif n < min_fid_samples:
+        skipped["fid"] = too_few_reason(n, min_fid_samples)
+    else:
+        mu, sigma = feature_statistics(inception_features(inception, samples[0], batch_size=batch_size))
+        metrics["fid"] = frechet_distance(*ref.inception_stats, mu, sigma)
+    return metrics, skipped, per_class_iou(conf)
