@@ -10,13 +10,17 @@ q, k, v), which ``sdm.nn.attention`` reproduces.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from sdm.config.schema import ModelConfig
+from sdm.config.schema import Config, ModelConfig
 from sdm.nn.unet import SDMUNet
 from sdm.state_dict_check import CheckpointError, check_state_dict
 
@@ -45,11 +49,11 @@ def read_official_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_official_checkpoint(path_or_state_dict: str | Path | Mapping[str, torch.Tensor],
-                             config: ModelConfig) -> SDMUNet:
+                             config: ModelConfig, config_source: str = "the given ModelConfig") -> SDMUNet:
     """An ``SDMUNet(config)`` in eval mode holding the official weights (a .pt path or its state dict).
 
     Keys or shapes that do not fit ``config`` raise ``CheckpointError`` naming
-    the file, the key, the shape found and expected.
+    the file, the key, the shape found and expected (and ``config_source``).
     """
     if isinstance(path_or_state_dict, (str, Path)):
         source = str(path_or_state_dict)
@@ -60,6 +64,40 @@ def load_official_checkpoint(path_or_state_dict: str | Path | Mapping[str, torch
     state = official_to_ours(state)
     with torch.device("meta"):
         model = SDMUNet(config)
-    check_state_dict(model, state, source, "the model config")
+    check_state_dict(model, state, source, config_source)
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, assign=True)
     return model.eval()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def official_flag_overrides(flags: Mapping[str, Any]) -> list[str]:
+    """``--set``-style overrides (model.* and data.image_size) from the official scripts' flags.
+
+    Flags not given take the official defaults (see ``sdm.config.official``).
+    """
+    model = ModelConfig.from_official_args(dict(flags))
+    sets = [f"model.{f.name}={json.dumps(getattr(model, f.name))}" for f in dataclasses.fields(model)]
+    return [*sets, f"data.image_size={json.dumps(model.image_size)}"]
+
+
+def convert_official(checkpoint: str | Path, config: Config, out: str | Path) -> Path:
+    """Official .pt -> our checkpoint directory at ``out`` (model.safetensors + config.json + meta.json).
+
+    The weights must fit ``config.model`` (``CheckpointError`` otherwise); the
+    directory is written atomically. Returns ``out``.
+    """
+    from sdm.model import save_checkpoint
+
+    checkpoint = Path(checkpoint)
+    model = load_official_checkpoint(checkpoint, config.model,
+                                     "the resolved model section (params.yaml / --preset / --official-flag / --set)")
+    meta = {"source": "official SDM release (github.com/WeilunWang/semantic-diffusion-model)",
+            "official_checkpoint": checkpoint.name, "official_sha256": _sha256(checkpoint)}
+    return save_checkpoint(out, model.state_dict(), config, meta=meta)

@@ -38,11 +38,6 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     bad_types = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad_types:
         raise CheckpointError(f"{source}: entries that are not tensors: {_listing(sorted(bad_types))}")
-    for key, shape in expected.items():
-        if key in state and tuple(state[key].shape) != shape:
-            found = tuple(state[key].shape)
-            raise CheckpointError(f"{source}: key '{key}' has shape {list(found)} but the model configured by "
-                                  f"{config_source} expects {list(shape)}{_hint(key, found, shape)}")
     missing = sorted(set(expected) - set(state))
     if missing:
         raise CheckpointError(f"{source}: missing {len(missing)} key(s) that the model configured by {config_source} "
@@ -52,3 +47,8 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     if unexpected:
         raise CheckpointError(f"{source}: {len(unexpected)} key(s) that the model configured by {config_source} "
                               f"does not have: {_listing(unexpected)}")
+    for key, shape in expected.items():
+        if key in state and tuple(state[key].shape) != shape:
+            found = tuple(state[key].shape)
+            raise CheckpointError(f"{source}: key '{key}' has shape {list(found)} but the model configured by "
+                                  f"{config_source} expects {list(shape)}{_hint(key, found, shape)}")
