@@ -1,0 +1,177 @@
+"""``sdm data``: synthesize, validate, prepare and version datasets.
+
+Flags are overrides of ``config.data`` (they go through the same validation as
+``--set``), so ``sdm data prepare`` alone prepares the configured dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
+from sdm.config import Config, to_dict
+
+app = typer.Typer(help="Datasets: synthesize the toy scenes, validate, prepare to Parquet shards, version with DVC.",
+                  no_args_is_help=True)
+
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="folder, ade20k, cityscapes, celebamask-hq, coco-stuff.")
+]
+SourceOpt = Annotated[Path | None, typer.Option("--source", help="The raw dataset folder.")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="Threads for decoding/encoding (default: all cores).")
+]
+
+
+@contextmanager
+def data_errors() -> Iterator[None]:
+    """Dataset problems (bad files, unknown format, missing classes) -> a clean message and exit code 2."""
+    from sdm.data.formats import FormatError
+    from sdm.data.problems import DataProblemsError
+    from sdm.data.version import DataVersionError
+
+    with user_errors():
+        try:
+            yield
+        except (FormatError, DataProblemsError, DataVersionError) as e:
+            raise UserError(str(e)) from None
+
+
+def parse_size(text: str) -> list[int]:
+    """"256" -> [256, 256]; "256x512" -> [H, W] = [256, 512]."""
+    parts = text.lower().split("x")
+    try:
+        size = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"--size {text!r}: expected S or HxW, e.g. 256 or 256x512") from None
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 8:
+        raise UserError(f"--size {text!r}: expected S or HxW with sides >= 8")
+    return size
+
+
+def _data_yaml(cfg: Config) -> str:
+    # Only the data section: it is all that shapes the output, so model or
+    # training settings do not change the prepared data's hash (its version).
+    body = yaml.safe_dump({"data": to_dict(cfg.data)}, sort_keys=False)
+    return "# The data section of the resolved config that made this folder.\n" + body
+
+
+def _config(preset: str | None, sets: list[str] | None, params: Path, flags: dict[str, object]) -> Config:
+    overrides = list(sets or [])
+    for key, value in flags.items():
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(preset, overrides, params)
+
+
+@app.command("synth")
+def synth(
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: data.source).")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Number of scenes (data.synth.n).")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Side in pixels (data.synth.size).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed (data.synth.seed).")] = None,
+    workers: WorkersOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Write the built-in synthetic scenes (12 classes, instance maps) in the folder format."""
+    cfg = _config(preset, set_, params, {"data.synth.n": n, "data.synth.size": size, "data.synth.seed": seed})
+    dry_run_exit(cfg, dry_run)
+    from sdm.data.synthetic import synthesize
+
+    target = out or Path(cfg.data.source)
+    s = cfg.data.synth
+    with data_errors():
+        synthesize(target, s.n, s.size, s.seed, workers=workers, progress=True)
+    typer.echo(f"wrote {s.n} scenes of {s.size}x{s.size} px (seed {s.seed}) to {target}")
+
+
+@app.command("validate")
+def validate(
+    format_: FormatOpt = None,
+    source: SourceOpt = None,
+    workers: WorkersOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Check a raw dataset and print the report (exit code 1 when there are problems)."""
+    cfg = _config(preset, set_, params, {"data.format": format_, "data.source": source})
+    from sdm.data.validate import validate as run_validate
+
+    with data_errors():
+        report = run_validate(cfg.data.format, cfg.data.source, workers=workers, progress=True)
+    typer.echo(str(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("prepare")
+def prepare(
+    format_: FormatOpt = None,
+    source: SourceOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: data.prepared).")] = None,
+    size: Annotated[str | None, typer.Option("--size", help="S or HxW (default: data.image_size).")] = None,
+    on_error: Annotated[str | None, typer.Option("--on-error", help="fail (write nothing) or skip (leave out, list "
+                                                                    "in the manifest).")] = None,
+    workers: WorkersOpt = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Check, resize and write a dataset as Parquet shards + manifest.json (+ config.yaml)."""
+    flags: dict[str, object] = {"data.format": format_, "data.source": source, "data.prepared": out,
+                                "data.on_error": on_error}
+    if size is not None:
+        with user_errors():
+            hw = parse_size(size)
+        flags["data.image_size"] = flags["model.image_size"] = f"[{hw[0]},{hw[1]}]"
+    cfg = _config(preset, set_, params, flags)
+    dry_run_exit(cfg, dry_run)
+    from sdm.data.prepare import prepare as run_prepare
+
+    d = cfg.data
+    with data_errors():
+        manifest = run_prepare(d.format, d.source, d.prepared, d.image_size, val_fraction=d.val_fraction,
+                               split_seed=d.split_seed, on_error=d.on_error, shard_mb=d.shard_mb, workers=workers,
+                               progress=True, extra_files={"config.yaml": _data_yaml(cfg)})
+    counts = ", ".join(f"{s}: {n}" for s, n in manifest.counts.items())
+    typer.echo(f"prepared {d.format} from {d.source} at {d.image_size[0]}x{d.image_size[1]} into {d.prepared} "
+               f"({counts}; {len(manifest.shards)} shard(s))")
+    if manifest.skipped:
+        typer.echo(f"left out {len(manifest.skipped)} example(s) with problems (listed in manifest.json 'skipped')")
+
+
+@app.command("version")
+def version(
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Run stage prepare-<D> (default: the 'prepare' stage of params.yaml's dataset)."
+    )] = None,
+    push: Annotated[bool, typer.Option("--push/--no-push", help="dvc push the prepared data.")] = True,
+) -> None:
+    """dvc repro the prepare stage, dvc push it, and print the data version (hash@commit)."""
+    from sdm.data.version import find_dvc_root, repro_and_push
+
+    with data_errors():
+        root = find_dvc_root(Path.cwd())
+        if root is None:
+            raise UserError(f"{Path.cwd()} is not inside a DVC project (no .dvc folder); run `dvc init` first")
+        stage = "prepare" if dataset in (None, "", "synthetic") else f"prepare-{dataset}"
+        info = repro_and_push(stage, root, push=push)
+    typer.echo(f"data version: {info['version']}")
+    counts = ", ".join(f"{s}: {n}" for s, n in info["counts"].items())
+    typer.echo(f"  stage {info['stage']}, {info['format']}, {counts}")
+    if info.get("lock_uncommitted"):
+        typer.echo("  dvc.lock changed: commit it to record this version (git add dvc.lock && git commit)")
+

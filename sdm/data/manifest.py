@@ -1,0 +1,96 @@
+"""``manifest.json``: what a prepared dataset holds and how it was made.
+
+It has no timestamps or absolute machine paths, so preparing the same inputs
+with the same parameters gives byte-identical output (and the same DVC hash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class ManifestError(FileNotFoundError):
+    """A prepared dataset is missing or unreadable; the message says which command makes it."""
+
+
+@dataclass
+class Manifest:
+    format: str
+    num_classes: int
+    class_names: list[str]
+    palette: list[list[int]]
+    has_instances: bool
+    # [H, W] of every prepared image, label and instance map.
+    image_size: list[int]
+    # split -> number of examples.
+    counts: dict[str, int]
+    # split -> fraction of labelled pixels per class (sums to 1).
+    class_pixel_frequency: dict[str, list[float]]
+    # [{file, split, rows, bytes, sha256}], files relative to the prepared folder.
+    shards: list[dict[str, Any]]
+    # sha256 over (path, sha256) of every source file that went in.
+    source_fingerprint: str
+    # How it was made: format, source, image_size, split rule, on_error ...
+    params: dict[str, Any]
+    # Examples left out with --on-error skip: [{kind, id, path, message}].
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s, n in self.counts.items() if n > 0]
+
+    def shard_files(self, split: str) -> list[str]:
+        return [s["file"] for s in self.shards if s["split"] == split]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    """Indented JSON with lists of numbers kept on one line (palettes, frequencies)."""
+    text = json.dumps(data, indent=1)
+    return re.sub(r"\[\s+([-\d.e,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
+def write_manifest(manifest: Manifest, out_dir: str | Path) -> Path:
+    path = Path(out_dir) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(_dumps(manifest.to_dict()) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _how_to_make(prepared_dir: Path) -> str:
+    return (
+        f"make it with `sdm data prepare --out {prepared_dir}` (or `dvc repro prepare` for the configured "
+        f"dataset), or fetch a versioned copy with `dvc pull`"
+    )
+
+
+def read_manifest(prepared_dir: str | Path) -> Manifest:
+    """Read ``<prepared_dir>/manifest.json``; a clear ``ManifestError`` when missing or malformed."""
+    prepared_dir = Path(prepared_dir)
+    path = prepared_dir / MANIFEST
+    if not path.is_file():
+        what = "does not exist" if not prepared_dir.exists() else f"has no {MANIFEST}"
+        raise ManifestError(f"prepared dataset {prepared_dir} {what}: {_how_to_make(prepared_dir)}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path}: unreadable ({e}): {_how_to_make(prepared_dir)}") from e
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        raise ManifestError(f"{path}: not a manifest of schema version {SCHEMA_VERSION}: {_how_to_make(prepared_dir)}")
+    names = {f.name for f in dataclasses.fields(Manifest)}
+    missing = names - set(data) - {"skipped"}
+    if missing:
+        raise ManifestError(f"{path}: missing keys {sorted(missing)}: {_how_to_make(prepared_dir)}")
+    return Manifest(**{k: v for k, v in data.items() if k in names})
