@@ -135,7 +135,7 @@ def repro_and_push(stage: str, root: Path, push: bool = True) -> dict[str, Any]:
         )
     run_dvc(["repro", stage], root)
     if push:
-        run_dvc(["push", stage], root)
+        run_dvc(["push", "--with-deps", stage], root)
     info = data_version_info(stage_out(root, stage))
     status = _git(["status", "--porcelain", "--", "dvc.lock"], root)
     info["lock_uncommitted"] = bool(status)
