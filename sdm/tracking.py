@@ -73,7 +73,12 @@ def artifacts_dir(uri: str) -> Path | None:
 
 
 def configure(config: Config | None = None) -> str:
-    """Point the ``mlflow`` client (tracking and registry) at our store; returns the URI."""
+    """Point MLflow's fluent API at our store; returns the URI. Call it before each use of MLflow.
+
+    MLflow keeps the URI in a process global, so every sdm entry point calls
+    this again rather than trusting an earlier call. The registry URI is left
+    unset: it then follows the tracking URI (an explicitly set one would go stale).
+    """
     import mlflow
 
     uri = tracking_uri(config)
@@ -82,7 +87,6 @@ def configure(config: Config | None = None) -> str:
         # sqlite creates the file but not its folder.
         db.resolve().parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     return uri
 
 

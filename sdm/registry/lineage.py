@@ -1,0 +1,73 @@
+"""Lineage of a registered version: which code, data, parameters and training run made it.
+
+Every value is a string (MLflow tags are strings); a fact that cannot be known
+is ``"unknown"``, never guessed. Tag names (``lineage.*``) are explained in
+mlflow/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sdm.tracking import repo_root
+
+UNKNOWN = "unknown"
+
+# meta.json keys that training may use for the run folder (Ray run dir / storage path of the run).
+RUN_PATH_KEYS = ("run_dir", "run_path", "ray_run_dir", "trial_dir")
+
+
+def _git(*args: str, cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    """``git rev-parse HEAD`` of the checkout holding the code, ``"unknown"`` outside git."""
+    return _git("rev-parse", "HEAD", cwd=Path(cwd) if cwd else repo_root()) or UNKNOWN
+
+
+def git_dirty(cwd: str | Path | None = None) -> str:
+    """``"true"`` when the checkout has uncommitted changes to tracked files, ``"unknown"`` outside git."""
+    out = _git("status", "--porcelain", "--untracked-files=no", cwd=Path(cwd) if cwd else repo_root())
+    if out is None:
+        return UNKNOWN
+    return "true" if out else "false"
+
+
+def params_hash(config: dict[str, Any]) -> str:
+    """sha256 of the resolved config as canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def lineage_tags(checkpoint_dir: str | Path, config: dict[str, Any], meta: dict[str, Any]) -> dict[str, str]:
+    """The ``lineage.*`` tags of a checkpoint: code, data, parameters, training run.
+
+    ``config`` is the checkpoint's resolved config (its config.json), ``meta``
+    its meta.json (``{}`` when absent).
+    """
+    checkpoint_dir = Path(checkpoint_dir).resolve()
+    data = config.get("data", {}) if isinstance(config.get("data"), dict) else {}
+    run_path = next((str(meta[k]) for k in RUN_PATH_KEYS if meta.get(k)), None)
+    tags = {
+        "lineage.git_commit": git_commit(),
+        "lineage.git_dirty": git_dirty(),
+        "lineage.train_git_commit": str(meta.get("git_commit") or UNKNOWN),
+        "lineage.data_version": str(meta.get("data_version") or config.get("data_version") or UNKNOWN),
+        "lineage.data_prepared": str(data.get("prepared") or UNKNOWN),
+        "lineage.params_hash": params_hash(config),
+        "lineage.checkpoint": str(checkpoint_dir),
+        "lineage.train_run_path": run_path or str(checkpoint_dir),
+        "lineage.train_mlflow_run_id": str(meta.get("mlflow_run_id") or UNKNOWN),
+        "lineage.train_step": str(meta.get("step", UNKNOWN)),
+        "lineage.preset": str(config.get("preset") or "none"),
+    }
+    return tags
