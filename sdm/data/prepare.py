@@ -26,7 +26,7 @@ from tqdm import tqdm
 from sdm.data.discover import ALL, Item, discover
 from sdm.data.formats import Format, get_format, load_classes
 from sdm.data.manifest import Manifest, write_manifest
-from sdm.data.problems import ITEM_KINDS, DataProblemsError, Problem
+from sdm.data.problems import ITEM_KINDS, DataProblemsError, Problem, require_source
 from sdm.data.readers import ItemProblem, load_item
 from sdm.data.shards import ShardWriter, compact_ids, encode_png
 from sdm.data.split import assign_splits
@@ -122,6 +122,7 @@ def prepare(
     fmt = get_format(format_name)
     source, out = Path(source), Path(out)
     size = (int(image_size[0]), int(image_size[1]))
+    require_source(source)
     classes = load_classes(fmt, source)
     found = discover(fmt, source, classes.names)
     fatal = [p for p in found.problems if p.kind not in ITEM_KINDS]

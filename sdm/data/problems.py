@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 # Kinds that are about one example (they can be skipped with --on-error skip);
 # anything else (a missing folder or class list) stops preparation outright.
@@ -36,6 +37,13 @@ class DataProblemsError(ValueError):
     def __init__(self, source: str, problems: list[Problem], hint: str = ""):
         self.problems = problems
         super().__init__(format_report(source, problems, hint=hint))
+
+
+def require_source(source: str | Path) -> None:
+    """Stop early, before the class list is looked for, when the source folder is missing."""
+    if not Path(source).is_dir():
+        raise DataProblemsError(str(source), [Problem("missing_directory", "", str(source),
+                                                      "the source folder does not exist")])
 
 
 def format_report(source: str, problems: list[Problem], limit: int = 20, hint: str = "") -> str:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from sdm.data.discover import discover
 from sdm.data.formats import get_format, load_classes
 from sdm.data.prepare import ordered_map
-from sdm.data.problems import Problem, format_report
+from sdm.data.problems import Problem, format_report, require_source
 from sdm.data.readers import ItemProblem, load_item
 
 
@@ -54,6 +54,7 @@ def validate(format_name: str, source: str | Path, *, workers: int | None = None
     """Every problem in ``source`` (format ``format_name``); raises only for an unknown format / class list."""
     fmt = get_format(format_name)
     source = Path(source)
+    require_source(source)
     classes = load_classes(fmt, source)
     found = discover(fmt, source, classes.names)
     counts: dict[str, int] = {}
