@@ -17,8 +17,8 @@ from sdm.tracking import repo_root
 
 UNKNOWN = "unknown"
 
-# meta.json keys that training may use for the run folder (Ray run dir / storage path of the run).
-RUN_PATH_KEYS = ("run_dir", "run_path", "ray_run_dir", "trial_dir")
+# The folder `sdm train` exports the final checkpoint to, inside its run folder.
+FINAL_DIR = "final"
 
 
 def _git(*args: str, cwd: Path) -> str | None:
@@ -48,6 +48,15 @@ def params_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def train_run_path(checkpoint_dir: Path, meta: dict[str, Any]) -> str:
+    """The training run folder: ``<storage_path>/<run-name>`` for ``sdm train``'s ``.../<run-name>/final``
+    (confirmed by meta.json's ``run_name``), else the checkpoint directory itself."""
+    run_name = meta.get("run_name")
+    if run_name and checkpoint_dir.name == FINAL_DIR and checkpoint_dir.parent.name == run_name:
+        return str(checkpoint_dir.parent)
+    return str(checkpoint_dir)
+
+
 def lineage_tags(checkpoint_dir: str | Path, config: dict[str, Any], meta: dict[str, Any]) -> dict[str, str]:
     """The ``lineage.*`` tags of a checkpoint: code, data, parameters, training run.
 
@@ -56,16 +65,17 @@ def lineage_tags(checkpoint_dir: str | Path, config: dict[str, Any], meta: dict[
     """
     checkpoint_dir = Path(checkpoint_dir).resolve()
     data = config.get("data", {}) if isinstance(config.get("data"), dict) else {}
-    run_path = next((str(meta[k]) for k in RUN_PATH_KEYS if meta.get(k)), None)
+    run_path = train_run_path(checkpoint_dir, meta)
     tags = {
         "lineage.git_commit": git_commit(),
         "lineage.git_dirty": git_dirty(),
         "lineage.train_git_commit": str(meta.get("git_commit") or UNKNOWN),
-        "lineage.data_version": str(meta.get("data_version") or config.get("data_version") or UNKNOWN),
+        "lineage.data_version": str(meta.get("data_version") or UNKNOWN),
         "lineage.data_prepared": str(data.get("prepared") or UNKNOWN),
         "lineage.params_hash": params_hash(config),
         "lineage.checkpoint": str(checkpoint_dir),
-        "lineage.train_run_path": run_path or str(checkpoint_dir),
+        "lineage.train_run_path": run_path,
+        "lineage.train_run_name": str(meta.get("run_name") or UNKNOWN),
         "lineage.train_mlflow_run_id": str(meta.get("mlflow_run_id") or UNKNOWN),
         "lineage.train_step": str(meta.get("step", UNKNOWN)),
         "lineage.preset": str(config.get("preset") or "none"),

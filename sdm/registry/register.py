@@ -19,7 +19,6 @@ from sdm.registry.metrics import read_metrics, usable_candidates
 from sdm.registry.promotion import PROMOTED, PromotionDecision, current_champion, decide, metric_tag
 from sdm.tracking import configure, ensure_experiment, metric_key
 
-EXPERIMENT = "sdm-registry"
 # MLflow's alias rule: letters, digits, '_' and '-', not "latest" and not a version-like "v<digits>".
 _ALIAS = re.compile(r"^[\w\-]+$")
 
@@ -99,7 +98,8 @@ def register_checkpoint(
     tags["lineage.metrics_file"] = str(Path(metrics_file).resolve())
 
     configure(config)
-    experiment_id = ensure_experiment(EXPERIMENT, config)
+    # The experiment named after the model, where `sdm train` logs its runs by default.
+    experiment_id = ensure_experiment(name, config)
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory(prefix="sdm-register-") as tmp, \
             mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{name}") as run:
