@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-PNG_LEVEL = 3  # zlib level: 3 is within ~5% of 9 on these images at a fraction of the time
+PNG_LEVEL = 1  # zlib level: within ~3% of level 3's size on 256 px photos, in ~60% of the time
 
 
 def schema(has_instances: bool) -> pa.Schema:
