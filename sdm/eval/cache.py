@@ -1,7 +1,8 @@
 """Where evaluation caches live: trained segmenters and real-image statistics.
 
-Both are keyed by the data version (a hash of the prepared data), so they are
-reused for as long as the data is unchanged and never mixed across versions.
+Both are keyed by the content hash of the prepared data (the data version
+without its git commit), so they are reused for as long as the data is
+unchanged, across code commits, and never mixed across data versions.
 Root: ``SDM_CACHE_DIR``, else ``$XDG_CACHE_HOME/sdm``, else ``~/.cache/sdm``.
 """
 

@@ -39,19 +39,16 @@ def check_compatible(checkpoint: Path, ckpt_config: Config, data: Path, manifest
     return warnings
 
 
-def split_count(manifest: Any, split: str) -> int | None:
-    """The number of items the manifest lists for ``split`` (None when it does not say)."""
-    counts = getattr(manifest, "counts", None)
-    if isinstance(counts, dict) and split in counts:
-        value = counts[split]
-        return int(value) if isinstance(value, int) else None
-    return None
-
-
-def empty_split_error(data: Path, split: str, manifest: Any) -> EvaluationInputError:
-    counts = getattr(manifest, "counts", None)
-    listed = ", ".join(f"{k}: {v}" for k, v in counts.items()) if isinstance(counts, dict) else "unknown"
-    return EvaluationInputError(
-        f"split {split!r} of {data} is empty (items per split: {listed}); choose another with --split "
-        "or prepare the data with a validation fraction (data.val_fraction)"
-    )
+def check_split(data: Path, split: str, manifest: Any) -> int:
+    """The number of items in ``split``; a clear error when the split is unknown or empty."""
+    counts = dict(manifest.counts)
+    listed = ", ".join(f"{k}: {v}" for k, v in counts.items()) or "none"
+    if split not in counts:
+        raise EvaluationInputError(f"{data} has no split {split!r} (items per split: {listed}); "
+                                   "choose one with --split")
+    if int(counts[split]) == 0:
+        raise EvaluationInputError(
+            f"split {split!r} of {data} is empty (items per split: {listed}); choose another with --split "
+            "or prepare the data with a validation fraction (data.val_fraction)"
+        )
+    return int(counts[split])

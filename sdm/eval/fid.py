@@ -74,18 +74,18 @@ def real_statistics(
     model: FIDInceptionV3,
     images: np.ndarray,
     *,
-    data_version: str,
+    data_key: str,
     split: str,
     ids: list[str],
     weights_path: Path,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(mu [2048], sigma [2048, 2048], from_cache) of the real images, cached per data version.
+    """(mu [2048], sigma [2048, 2048], from_cache) of the real images, cached per data content key.
 
     The cache key covers the image ids and the weights file (name and size), so
     a different subset or network never reuses stale statistics.
     """
     key = short_hash({"ids": ids, "weights": weights_path.name, "size": weights_path.stat().st_size})
-    path = cache_root() / "fid_stats" / safe_name(data_version) / f"{safe_name(split)}-{key}.npz"
+    path = cache_root() / "fid_stats" / safe_name(data_key) / f"{safe_name(split)}-{key}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
             return f["mu"], f["sigma"], True

@@ -88,12 +88,22 @@ def save_samples(samples: np.ndarray, ids: Sequence[str], directory: Path) -> No
 
 def save_label_grid(
     labels: np.ndarray, real: np.ndarray, samples: np.ndarray, palette: Sequence[Sequence[int]] | None,
-    path: Path, max_rows: int = 8,
+    path: Path, max_rows: int = 8, min_cell: int = 96,
 ) -> Path:
-    """Rows of: coloured label map | real image | the R samples (first ``max_rows`` label maps)."""
+    """Rows of: coloured label map | real image | the R samples (first ``max_rows`` label maps).
+
+    Small images are enlarged by an integer factor (nearest) to at least
+    ``min_cell`` pixels so that a 32x32 grid is readable.
+    """
+    k = max(1, -(-min_cell // max(1, min(labels.shape[1:3]))))
+
+    def big(img: np.ndarray) -> np.ndarray:
+        return img.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else img
+
     rows = []
     for i in range(min(max_rows, len(labels))):
-        rows.append([colorize(labels[i], palette), real[i], *[samples[r, i] for r in range(samples.shape[0])]])
+        cells = [colorize(labels[i], palette), real[i], *[samples[r, i] for r in range(samples.shape[0])]]
+        rows.append([big(c) for c in cells])
     return save_grid(rows, path)
 
 

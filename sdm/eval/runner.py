@@ -30,7 +30,7 @@ import torch
 
 from sdm.config import Config, write_resolved
 from sdm.eval import report
-from sdm.eval.checks import EvaluationInputError, check_compatible, empty_split_error
+from sdm.eval.checks import EvaluationInputError, check_compatible, check_split
 from sdm.eval.diversity import lpips_skip_reason
 from sdm.eval.fid import (
     inception_weights_path,
@@ -104,7 +104,7 @@ def _finite(value: float) -> float | None:
 def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate ``req.checkpoint`` on ``req.data`` (see the module docstring); returns metrics.json's content."""
     from sdm.data.manifest import read_manifest
-    from sdm.data.version import data_version
+    from sdm.eval.segmenter_cache import data_key
     from sdm.eval.segmenter_train import load_split_arrays
     from sdm.model import load_checkpoint, read_checkpoint_meta
 
@@ -116,7 +116,8 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     if req.steps_sweep and not pairs:
         raise EvaluationInputError("--steps-sweep given but evaluate.steps_sweep is empty")
     manifest = read_manifest(req.data)
-    version = data_version(req.data)
+    check_split(req.data, ev.split, manifest)
+    key, version = data_key(req.data)
     # Weights first: a configured-but-missing file fails before any sampling.
     inception = load_configured_inception(config, device=req.device)
     model, ckpt_config = load_checkpoint(req.checkpoint, use_ema=req.use_ema, device=req.device)
@@ -127,8 +128,8 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
 
     real = load_split_arrays(req.data, ev.split, ev.num_samples)
     n, reps = len(real["ids"]), ev.repeats
-    if n == 0:
-        raise empty_split_error(req.data, ev.split, manifest)
+    if n == 0:  # the manifest listed items but the shards hold none
+        raise EvaluationInputError(f"split {ev.split!r} of {req.data} has no readable items")
     log(f"evaluating {req.checkpoint} on {n} {ev.split} label maps x {reps} samples; guidance {scales}")
     segmenter = _resolve_segmenter(req, config, manifest.num_classes, log)
     real_pred, real_feats = segmenter.predict(real["images"])
@@ -143,7 +144,7 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     else:
         weights = inception_weights_path(config)
         assert weights is not None
-        mu, sigma, stats_cached = real_statistics(inception, real["images"], data_version=version, split=ev.split,
+        mu, sigma, stats_cached = real_statistics(inception, real["images"], data_key=key, split=ev.split,
                                                   ids=real["ids"], weights_path=weights)
         stats = (mu, sigma)
     ref = RealReference(real["images"], real["labels"], real_feats, stats, fid_reason)
@@ -178,7 +179,7 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
             metrics.update({f"{k}@{g}": v for k, v in m.items()})
             metrics[f"seconds_per_image@{g}"] = spi
             skipped.update({f"{k}@{g}": v for k, v in sk.items()})
-            guidance_rows.append({"guidance_scale": scale, **m, "seconds_per_image": spi})
+            guidance_rows.append({"guidance_scale": g, **m, "seconds_per_image": spi})
         g0 = primary_scale(config)
         for sampler, steps in pairs:
             name = pair_name(sampler, steps)
@@ -197,7 +198,7 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
         metrics_doc = {**metrics, "primary_metric": primary, "skipped": skipped}
         _write_tables(tmp, manifest, real_conf, per_class, guidance_rows, sweep_rows, g0)
         info = {
-            "checkpoint": str(Path(req.checkpoint).resolve()), "weights": "ema" if req.use_ema else "model",
+            "checkpoint": str(Path(req.checkpoint).resolve()), "weights": _weights_used(req),
             "checkpoint_meta": meta, "data": str(Path(req.data).resolve()), "data_version": version,
             "split": ev.split, "num_images": n, "repeats": reps, "guidance_scales": scales,
             "sampler": ev.sampler, "steps": ev.steps, "steps_sweep": [pair_name(*p) for p in pairs],
@@ -219,6 +220,12 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     return metrics_doc
 
 
+def _weights_used(req: EvalRequest) -> str:
+    from sdm.model import EMA_FILE
+
+    return "ema" if req.use_ema and (Path(req.checkpoint) / EMA_FILE).exists() else "model"
+
+
 def _primary_metric(config: Config, metrics: dict[str, Any], scale: float) -> str:
     """``register.primary_metric`` at the primary scale; ``auto``: FID when computed, else FSD."""
     g = format_scale(scale)
@@ -235,7 +242,7 @@ def _write_tables(out: Path, manifest: Any, real_conf: np.ndarray, per_class: di
     report.write_table(rows, cols, out / "per_class_iou", "Per-class IoU (iou_real: the segmenter on real images)")
     cols = ["guidance_scale", *report.METRIC_COLUMNS]
     report.write_table(guidance_rows, cols, out / "guidance_sweep", "Guidance sweep")
-    report.plot_sweep([r["guidance_scale"] for r in guidance_rows],
+    report.plot_sweep([float(r["guidance_scale"]) for r in guidance_rows],
                       {c: [r.get(c) for r in guidance_rows] for c in report.METRIC_COLUMNS},
                       out / "guidance_sweep.png", "guidance scale")
     if sweep_rows:

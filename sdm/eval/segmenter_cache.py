@@ -3,7 +3,7 @@
 A trained segmenter is a directory: ``segmenter.safetensors`` (weights) +
 ``segmenter.json`` (architecture, classes, data version, training settings and
 its mIoU on the real val split: the ceiling for generated images). The cache
-keeps one under ``<cache>/segmenters/<data_version>/<settings hash>/`` so that a
+keeps one under ``<cache>/segmenters/<data hash>/<settings hash>/`` so that a
 second ``sdm evaluate`` (or ``train-segmenter``) on the same data reuses it.
 """
 
@@ -33,9 +33,21 @@ def _settings(config: Config) -> dict:
             "seed": config.evaluate.seed}
 
 
-def cached_segmenter_dir(data_version: str, config: Config) -> Path:
-    """Where the segmenter for this data version and these segmenter settings is cached."""
-    return cache_root() / "segmenters" / safe_name(data_version) / short_hash(_settings(config))
+def data_key(prepared_dir: str | Path) -> tuple[str, str]:
+    """(cache key, full data version) of a prepared dataset.
+
+    The key is the content hash alone: the full version also names the git
+    commit, which changes with every code commit while the data does not.
+    """
+    from sdm.data.version import data_version_info
+
+    info = data_version_info(prepared_dir)
+    return f"{info['hash_source']}-{info['hash'][:16]}", info["version"]
+
+
+def cached_segmenter_dir(key: str, config: Config) -> Path:
+    """Where the segmenter for this data (content key) and these segmenter settings is cached."""
+    return cache_root() / "segmenters" / safe_name(key) / short_hash(_settings(config))
 
 
 def save_segmenter(directory: str | Path, net: EvalSegNet, meta: dict) -> Path:
@@ -114,24 +126,23 @@ def train_and_save(
     Returns (segmenter, its directory, whether it was trained now).
     """
     from sdm.data.manifest import read_manifest
-    from sdm.data.version import data_version
     from sdm.eval.segmenter_train import load_split_arrays, segmenter_miou, train_segmenter
 
     manifest = read_manifest(prepared_dir)
-    version = data_version(prepared_dir)
-    directory = Path(out_dir) if out_dir else cached_segmenter_dir(version, config)
+    key, version = data_key(prepared_dir)
+    directory = Path(out_dir) if out_dir else cached_segmenter_dir(key, config)
     if not force and (directory / META).is_file():
         seg = load_segmenter(directory, manifest.num_classes)
-        if seg.info.get("data_version") == version:
+        if seg.info.get("data_key") == key and all(seg.info.get(k) == v for k, v in _settings(config).items()):
             log(f"evaluation segmenter: reusing {directory}")
             return seg, directory, False
-        log(f"evaluation segmenter at {directory} is for data version {seg.info.get('data_version')}, "
-            f"not {version}: retraining")
+        log(f"evaluation segmenter at {directory} was trained on other data or settings "
+            f"({seg.info.get('data_version')}): retraining")
     log(f"evaluation segmenter: training {config.evaluate.segmenter.steps} steps on {prepared_dir} (train split)")
     net, summary = train_segmenter(prepared_dir, manifest.num_classes, config.evaluate.segmenter,
-                                   seed=config.evaluate.seed, log=log)
+                                   data_config=config.data, seed=config.evaluate.seed, log=log)
     meta = {**_settings(config), **summary, "num_classes": manifest.num_classes,
-            "class_names": list(manifest.class_names), "data_version": version,
+            "class_names": list(manifest.class_names), "data_key": key, "data_version": version,
             "prepared_dir": str(Path(prepared_dir).resolve()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     val = load_split_arrays(prepared_dir, "val")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sdm.config import SegmenterConfig
+from sdm.config import DataConfig, SegmenterConfig
 from sdm.eval.miou import confusion_matrix, mean_iou, per_class_iou
 from sdm.eval.segmenter import ARCH, EvalSegNet, Segmenter, uint8_from_model_range
 
@@ -53,18 +53,22 @@ def train_segmenter(
     num_classes: int,
     config: SegmenterConfig,
     *,
+    data_config: DataConfig | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> tuple[EvalSegNet, dict]:
     """Train :class:`EvalSegNet` for ``config.steps`` steps (Adam, cosine-decayed lr, cross-entropy).
 
-    Uses the augmented training split (flips / crops from the data settings).
-    Returns the network (eval mode) and a summary dict (steps, final loss).
+    Uses the augmented training split (flips / crops as in ``data_config``,
+    the training defaults when None). Returns the network (eval mode) and a
+    summary dict (steps, final loss, training images).
     """
     from sdm.data.loader import PreparedDataset
 
     torch.manual_seed(seed)
-    ds = PreparedDataset(prepared_dir, split="train", augment=True, seed=seed)
+    data_config = data_config or DataConfig()
+    ds = PreparedDataset(prepared_dir, split="train", augment=True, seed=seed, random_crop=data_config.random_crop,
+                         random_flip=data_config.random_flip, crop_scale=tuple(data_config.crop_scale))
     if len(ds) == 0:
         raise ValueError(f"{prepared_dir}: the train split is empty; the evaluation segmenter needs real "
                          "training images")
@@ -74,14 +78,13 @@ def train_segmenter(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps))
     )
-    gen = torch.Generator().manual_seed(seed)
     batch = min(config.batch_size, len(ds))
     net.train()
     step, epoch, losses = 0, 0, []
     while step < config.steps:
         ds.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=len(ds) >= batch,
-                                             generator=gen)
+        # The dataset shuffles and augments per (seed, epoch) itself.
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, drop_last=len(ds) >= batch)
         for item in loader:
             logits = net(item["image"])
             loss = F.cross_entropy(logits, item["label"].long())
@@ -89,7 +92,7 @@ def train_segmenter(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             if step % 100 == 0 or step == config.steps:
                 log(f"segmenter step {step}/{config.steps}: loss {np.mean(losses[-100:]):.4f}")
@@ -97,4 +100,6 @@ def train_segmenter(
                 break
         epoch += 1
     net.eval()
-    return net, {"arch": ARCH, "steps": step, "final_loss": float(np.mean(losses[-20:])), "train_images": len(ds)}
+    k = max(1, min(10, len(losses) // 4))
+    return net, {"arch": ARCH, "steps": step, "initial_loss": float(np.mean(losses[:k])),
+                 "final_loss": float(np.mean(losses[-k:])), "train_images": len(ds)}
