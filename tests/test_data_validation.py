@@ -163,3 +163,26 @@ def test_release_specific_problems(tmp_path):
     assert sorted(p.kind for p in problems) == ["size_mismatch", "unknown_part"]
     m = prepare("celebamask-hq", celeba, tmp_path / "celeba-out", [16, 16], on_error="skip", val_fraction=0)
     assert m.counts["train"] == 1 and {s["kind"] for s in m.skipped} == {"size_mismatch", "unknown_part"}
+
+
+def test_instances_in_one_split_only_are_required_in_all(tmp_path):
+    from _data_fixtures import make_coco_stuff
+
+    coco = tmp_path / "coco"
+    make_coco_stuff(coco)
+    shutil.rmtree(coco / "instancemaps_trainval2017" / "val2017")
+    problems = validate("coco-stuff", coco).problems
+    assert [p.kind for p in problems] == ["missing_instance", "missing_instance"]
+    m = prepare("coco-stuff", coco, tmp_path / "out", [16, 16], on_error="skip")
+    assert m.has_instances and m.counts == {"train": 2, "val": 0}
+
+
+def test_16_bit_label_values_are_reported(tmp_path):
+    src = tmp_path / "src"
+    make_folder(src, n=2, instances=False)
+    label = np.zeros((16, 16), np.uint16)
+    label[0, 0] = 65535
+    label[0, 1:3] = 300
+    save(src / "labels" / "img00.png", label, mode="I;16")
+    (problem,) = validate("folder", src).problems
+    assert problem.kind == "label_out_of_range" and "300 (2 px), 65535 (1 px)" in problem.message

@@ -146,6 +146,10 @@ def discover(fmt: Format, source: str | Path, class_names: list[str]) -> Discove
         result.problems.append(Problem("missing_directory", "", str(source), "the source folder does not exist"))
         return result
     splits = dict(fmt.splits) if fmt.splits is not None else {ALL: None}
+    # Instance maps are all or nothing: if any split has them, every example needs one.
+    if fmt.instance is not None:
+        result.has_instances = fmt.instances_required or any(
+            _scan(source, fmt.instance, split_dir)[0] for split_dir in splits.values())
     seen: dict[str, str] = {}
     for split, split_dir in splits.items():
         img_ok, img_files = _scan(source, fmt.image, split_dir)
@@ -165,12 +169,11 @@ def discover(fmt: Format, source: str | Path, class_names: list[str]) -> Discove
             _, label_files = _scan(source, fmt.label, split_dir)
             labels = _by_key(label_files, fmt.key, "label", source, result.problems, dups)
         instances: dict[str, str] = {}
-        use_instances = False
-        if fmt.instance is not None:
-            inst_ok, inst_files = _scan(source, fmt.instance, split_dir)
-            use_instances = inst_ok or fmt.instances_required
+        use_instances = result.has_instances
+        if use_instances:
+            assert fmt.instance is not None
+            _, inst_files = _scan(source, fmt.instance, split_dir)
             instances = _by_key(inst_files, fmt.key, "instance", source, result.problems, dups)
-        result.has_instances = result.has_instances or use_instances
         label_keys = set(parts) if fmt.label_parts is not None else set(labels)
         for key in sorted(label_keys - set(images) - dups):
             rel = labels.get(key) or parts[key][0][1]

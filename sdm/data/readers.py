@@ -63,13 +63,16 @@ def remap_labels(raw: np.ndarray, fmt: Format, num_classes: int) -> tuple[np.nda
 
     Returns (labels int64, {raw value: pixel count} for values outside [0, num_classes)).
     """
-    top = int(raw.max()) if raw.size else 0
+    # A lookup table over the raw values; values outside 0..65535 (32-bit PNGs) are never classes.
+    wild = (raw < 0) | (raw > 65535)
+    safe = np.where(wild, 0, raw) if wild.any() else raw
+    top = int(safe.max()) if safe.size else 0
     lut = np.arange(top + 1, dtype=np.int64) + fmt.label_offset
     for src, dst in fmt.label_map.items():
         if src <= top:
             lut[src] = dst
-    labels = lut[raw]
-    bad = (labels < 0) | (labels >= num_classes)
+    labels = lut[safe]
+    bad = (labels < 0) | (labels >= num_classes) | wild
     out_of_range: dict[int, int] = {}
     if bad.any():
         values, counts = np.unique(raw[bad], return_counts=True)
