@@ -8,7 +8,7 @@ from sdm.env import apply_quiet_offline_env
 
 apply_quiet_offline_env()
 
-from sdm.cli import config_cmd, convert_cmd, data_cmd, evaluate_cmd, register_cmd  # noqa: E402
+from sdm.cli import config_cmd, convert_cmd, data_cmd, evaluate_cmd, register_cmd, train_cmd  # noqa: E402
 
 app = typer.Typer(
     help="sdm: train, evaluate, version and ship semantic image synthesis diffusion models.",
@@ -21,6 +21,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(evaluate_cmd.app, name="evaluate")
 app.command("convert-official")(convert_cmd.convert_official)
 app.command("register")(register_cmd.register)
+app.command("train")(train_cmd.train)
 
 
 def main() -> None:

@@ -140,6 +140,9 @@ class TrainConfig:
     cpus_per_worker: int = _f(1, min=1)
     precision: str = _f("auto", choices=("auto", "fp32", "bf16"))
     ema_rate: float = _f(0.999, min=0.0, max=1.0)
+    # Warm the EMA decay up as min(ema_rate, (1 + n) / (10 + n)) after n updates, so a short
+    # run's EMA is not dominated by the random initialisation (off = the official fixed rate).
+    ema_warmup: bool = True
     grad_clip: float = _f(1.0, min=0.0)
     weight_decay: float = _f(0.0, min=0.0)
     seed: int = 0

@@ -1,0 +1,69 @@
+"""``sdm train``: pretrain then finetune the SPADE diffusion U-Net on Ray Train workers.
+
+    sdm train [--preset P] [--set k=v ...] [--run-name NAME] [--workers N] [--gpu]
+              [--phase all|pretrain|finetune] [--init-from DIR] [--local] [--dry-run]
+
+Rerunning the same command resumes from the run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (one message, exit code 2)."""
+    from sdm.model import CheckpointError
+    from sdm.train.checkpoint import TrainCheckpointError
+    from sdm.train.preflight import PreflightError
+    from sdm.train.ray_dispatch import ClusterTooSmallError
+
+    return (PreflightError, TrainCheckpointError, CheckpointError, ClusterTooSmallError)
+
+
+def train(
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    run_name: Annotated[str | None, typer.Option(
+        "--run-name", help="The run's folder under train.storage_path (default: register.model_name). "
+                           "Rerunning with the same name resumes it.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Ray workers (default: train.workers).")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per worker (bf16 autocast).")] = False,
+    phase: Annotated[str | None, typer.Option(
+        "--phase", help="all, pretrain or finetune (default: train.phases).")] = None,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", help="Start from this checkpoint directory's weights and EMA (e.g. a pretrain run's "
+                            "final/ for --phase finetune).")] = None,
+    local: Annotated[bool, typer.Option("--local", help="One worker in this process, without Ray.")] = False,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
+    experiment: Annotated[str | None, typer.Option(
+        "--experiment", help="MLflow experiment (default: register.model_name).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's and the workers' own logs.")] = False,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Train (or resume) a run: checkpoints, final EMA checkpoint in <storage_path>/<run-name>/final."""
+    cfg = load_config(preset, set_, params)
+    if gpu:
+        set_ = [*(set_ or []), "train.use_gpu=true"]
+        cfg = load_config(preset, set_, params)
+    dry_run_exit(cfg, dry_run)
+    from sdm.train.launch import train as run_train
+    from sdm.train.ray_dispatch import TrainingFailed
+
+    with user_errors():
+        try:
+            result = run_train(cfg, run_name=run_name or cfg.register.model_name, workers=workers,
+                               use_gpu=True if gpu else None, phase=phase, init_from=init_from, local=local,
+                               log_mlflow=not no_mlflow, experiment=experiment, verbose=verbose)
+        except _input_errors() as e:
+            raise UserError(str(e)) from e
+        except TrainingFailed as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"final checkpoint: {result.final_dir}")

@@ -1,0 +1,223 @@
+"""The training loop of one phase: plain torch + torch.distributed (no Ray, no MLflow here).
+
+Per step: this rank's slice of the global batch -> segmap (one-hot + edges) ->
+guidance drop -> hybrid loss at uniform timesteps -> backward (DDP averages
+gradients) -> clip -> AdamW -> EMA. Every ``log_every`` steps the metrics of
+all ranks are summed and handed to the hooks; every ``checkpoint_every`` steps
+and at the phase end the sink saves a checkpoint; every ``sample_every`` steps
+and at the phase end rank 0 renders an EMA sample grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from sdm.conditioning import apply_drop, make_segmap
+from sdm.config import Config, PhaseConfig, to_dict
+from sdm.train.batches import TrainingDataset, local_positions, step_batches
+from sdm.train.checkpoint import TrainState
+from sdm.train.distributed import WorkerContext, all_reduce_sum
+from sdm.train.ema import EMA
+from sdm.train.hooks import PhaseInfo, StepLog, TrainHooks
+from sdm.train.lr_schedule import lr_at
+from sdm.train.rng import DataOrder, sample_randomness, step_torch_seed
+
+FAULT_MARKER = "fault_injected"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradients became NaN/inf: training stops rather than corrupt the weights."""
+
+
+class CheckpointSink(Protocol):
+    """Where checkpoints go (a local folder, or Ray Train's storage). Called on every rank."""
+
+    def save(self, make_state: Callable[[], TrainState], name: str, metrics: dict[str, float]) -> str:
+        """Persist the state (built on rank 0 only); returns where it went."""
+        ...
+
+
+class SampleRenderer(Protocol):
+    def render(self, ema_state: dict[str, torch.Tensor], path: Path) -> Path: ...
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA for ``auto``; fp32 (no autocast) on CPU for ``auto``."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class LoopParts:
+    """Everything a phase trains with, built once per run by ``sdm.train.runner``."""
+
+    config: Config
+    ctx: WorkerContext
+    model: nn.Module  # the raw model (EMA and checkpoints use its keys)
+    net: nn.Module  # what the loss calls: the model, or its DistributedDataParallel wrapper
+    ema: EMA
+    diffusion: Any  # sdm.diffusion.GaussianDiffusion
+    dataset: TrainingDataset
+    sink: CheckpointSink
+    hooks: TrainHooks
+    run_dir: Path
+    data_version: str = ""
+    sampler: SampleRenderer | None = None
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+
+class _Meter:
+    """Sums of per-sample losses (overall and by timestep quartile) between two log lines."""
+
+    def __init__(self, num_timesteps: int) -> None:
+        self.num_timesteps = num_timesteps
+        self.reset()
+
+    def reset(self) -> None:
+        # loss, mse, vb, count, then 4 quartile loss sums and 4 quartile counts
+        self.sums = torch.zeros(12, dtype=torch.float64)
+        self.steps = 0
+        self.grad_norm = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor], t: torch.Tensor, grad_norm: float) -> None:
+        loss = losses["loss"].detach().double().cpu()
+        self.sums[0] += loss.sum()
+        self.sums[1] += losses["mse"].detach().double().cpu().sum()
+        self.sums[2] += losses["vb"].detach().double().cpu().sum()
+        self.sums[3] += loss.numel()
+        quartile = (t.cpu() * 4 // self.num_timesteps).clamp(0, 3)
+        for q in range(4):
+            sel = quartile == q
+            self.sums[4 + q] += loss[sel].sum()
+            self.sums[8 + q] += sel.sum()
+        self.steps += 1
+        self.grad_norm += grad_norm
+
+    def metrics(self, ctx: WorkerContext, global_batch: int, lr: float) -> dict[str, float]:
+        sums = all_reduce_sum(self.sums.clone(), ctx)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        count = max(sums[3].item(), 1.0)
+        out = {
+            "loss": sums[0].item() / count,
+            "mse": sums[1].item() / count,
+            "vb": sums[2].item() / count,
+            "lr": lr,
+            "grad_norm": self.grad_norm / max(self.steps, 1),
+            "img_per_s": self.steps * global_batch / elapsed,
+            "s_per_step": elapsed / max(self.steps, 1),
+        }
+        for q in range(4):
+            if sums[8 + q] > 0:
+                out[f"loss_q{q}"] = sums[4 + q].item() / sums[8 + q].item()
+        return out
+
+
+def _inject_fault(parts: LoopParts, global_step: int) -> None:
+    """``train.fail_at_step``: rank 1 dies once (a marker in the run dir makes the restart survive)."""
+    k = parts.config.train.fail_at_step
+    if k < 0 or global_step != k or parts.ctx.rank != 1:
+        return
+    marker = parts.run_dir / FAULT_MARKER
+    if marker.exists():
+        return
+    marker.write_text(f"rank 1 exited at run step {k} (train.fail_at_step)\n")
+    print(f"[train] fault injection: rank 1 exits at run step {k}", flush=True)
+    os._exit(17)
+
+
+def make_optimizer(model: nn.Module, phase_cfg: PhaseConfig, weight_decay: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=phase_cfg.lr, weight_decay=weight_decay)
+
+
+def train_phase(parts: LoopParts, phase: PhaseInfo, phase_cfg: PhaseConfig,
+                optimizer_state: dict[str, Any] | None = None) -> None:
+    """Run ``phase`` from ``phase.start_step`` to ``phase.steps`` (continuing ``optimizer_state`` when given)."""
+    cfg, ctx = parts.config, parts.ctx
+    tc = cfg.train
+    optimizer = make_optimizer(parts.model, phase_cfg, tc.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    order = DataOrder(len(parts.dataset), tc.batch_size, tc.seed, phase.name)
+    positions = local_positions(tc.batch_size, ctx.rank, ctx.world_size)
+    meter = _Meter(parts.diffusion.num_timesteps)
+    image_shape = (cfg.model.in_channels, *cfg.model.image_size)
+    params = [p for p in parts.model.parameters() if p.requires_grad]
+    max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
+    parts.net.train()
+    if ctx.is_main:
+        parts.hooks.on_phase_start(phase)
+
+    batches = step_batches(parts.dataset, order, phase.start_step, phase.steps, positions,
+                           num_workers=cfg.data.loader_workers)
+    lr = lr_at(phase.start_step, phase_cfg) if phase.start_step < phase.steps else 0.0
+    for step, batch in zip(range(phase.start_step, phase.steps), batches, strict=True):
+        _inject_fault(parts, phase.global_offset + step)
+        lr = lr_at(step, phase_cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(step_torch_seed(tc.seed, phase.name, step, ctx.rank))
+
+        x_start = batch["image"].to(ctx.device, non_blocking=True)
+        label = batch["label"].to(ctx.device, non_blocking=True)
+        instance = batch["instance"].to(ctx.device) if batch["instance"] is not None else None
+        t, noise, drop = sample_randomness(seed=tc.seed, stream=phase.name, step=step, sample_indices=positions,
+                                           num_timesteps=parts.diffusion.num_timesteps, shape=image_shape,
+                                           drop_rate=phase_cfg.drop_rate)
+        segmap = apply_drop(make_segmap(label, instance, cfg.model), drop.to(ctx.device))
+        with autocast_context(tc.precision, ctx.device):
+            losses = parts.diffusion.training_losses(parts.net, x_start, t.to(ctx.device), segmap,
+                                                     noise=noise.to(ctx.device))
+        loss = losses["loss"].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLossError(f"{phase.name} step {step + 1}: gradient norm is {grad_norm} "
+                                     f"(loss {loss.item():.4g}); lower the learning rate or check the data")
+        optimizer.step()
+        parts.ema.update(parts.model)
+        meter.add(losses, t, grad_norm)
+
+        done = step + 1
+        last = done == phase.steps
+        if done % tc.log_every == 0 or last:
+            log = StepLog(phase=phase, step=done, metrics=meter.metrics(ctx, tc.batch_size, lr))
+            if ctx.is_main:
+                parts.hooks.on_log(log)
+            meter.reset()
+        if done % tc.checkpoint_every == 0 or last:
+            _save(parts, phase, done, optimizer)
+        if parts.sampler is not None and ctx.is_main and (done % tc.sample_every == 0 or last):
+            path = parts.sampler.render(parts.ema.state_dict(), parts.run_dir / "samples" /
+                                        f"{phase.name}-{done:07d}.png")
+            parts.hooks.on_sample(phase, done, path)
+        if last or done % tc.checkpoint_every == 0 or done % tc.sample_every == 0:
+            meter.started = time.perf_counter()  # img/s measures training, not checkpoints or grids
+
+
+def _save(parts: LoopParts, phase: PhaseInfo, done: int, optimizer: torch.optim.Optimizer) -> None:
+    def make_state() -> TrainState:
+        return TrainState(
+            phase=phase.name, phase_index=phase.index, step=done, phase_steps=phase.steps,
+            model=parts.model.state_dict(), ema=parts.ema.state_dict(), ema_updates=parts.ema.num_updates,
+            optimizer=optimizer.state_dict(), config=to_dict(parts.config), data_version=parts.data_version,
+            extra={"global_step": phase.global_offset + done, "world_size": parts.ctx.world_size,
+                   **parts.extra_state},
+        )
+
+    where = parts.sink.save(make_state, f"checkpoint-{phase.name}-{done:07d}",
+                            {"phase_index": phase.index, "step": done, "global_step": phase.global_offset + done})
+    if parts.ctx.is_main:
+        parts.hooks.on_checkpoint(phase, done, where)
