@@ -1,0 +1,71 @@
+"""``sdm pipeline``: run the whole retraining pipeline (Prefect flow ``retrain``) or serve it on its schedule.
+
+Prefect is imported only inside these commands: the library itself never imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, dry_run_exit, load_config, user_errors
+
+app = typer.Typer(help="The retraining pipeline: data -> train -> evaluate -> register, as Prefect flows.",
+                  no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="Move the champion alias when better."),
+    push: bool = typer.Option(True, "--push/--no-push", help="dvc push the prepared data."),
+    workers: int | None = typer.Option(None, "--workers", help="Ray workers (default train.workers)."),
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Run `retrain` once on the embedded defaults (ephemeral Prefect, local Ray, sqlite MLflow, local DVC)."""
+    cfg = load_config(preset, set_, params)
+    dry_run_exit(cfg, dry_run)
+    from flows.data import check_overrides
+
+    with user_errors():
+        check_overrides(list(set_ or []))
+    from flows.retrain import retrain
+
+    start = time.monotonic()
+    with user_errors():
+        result = retrain(preset=preset, overrides=list(set_ or []), promote=promote, push=push, workers=workers,
+                         params_file=str(params))
+    minutes = (time.monotonic() - start) / 60
+    reg = result["registration"]
+    metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    typer.echo("")
+    typer.echo(f"Pipeline finished in {minutes:.1f} min.")
+    typer.echo(f"  data version : {result['data_version']}" + (" (unchanged)" if result["data_cached"] else ""))
+    typer.echo(f"  checkpoint   : {result['checkpoint']}")
+    typer.echo(f"  model        : models:/{reg['name']}/{reg['version']}  aliases: {', '.join(reg['aliases'])}")
+    typer.echo(f"  promotion    : {reg['decision']} {reg.get('reason', '')}")
+    typer.echo(f"  metrics      : {json.dumps(metrics, sort_keys=True)}")
+    typer.echo("Look at it:")
+    if result["grid"]:
+        typer.echo(f"  sample grid  : {result['grid']}")
+    typer.echo(f"  evaluation   : {result['evaluation']}")
+    uri = result["tracking_uri"]
+    typer.echo(f"  MLflow UI    : mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    typer.echo(f"  sample       : sdm sample --model models:/{reg['name']}@champion --labels <label PNGs> --out out/")
+
+
+@app.command("serve")
+def serve(
+    prefect_yaml: Path = typer.Option(Path("prefect.yaml"), "--prefect-yaml", help="Where the deployment is."),
+    name: str = typer.Option("retrain-nightly", "--name", help="The deployment to serve."),
+) -> None:
+    """Serve `retrain` on the schedule of prefect.yaml's deployment (needs PREFECT_API_URL of a Prefect server)."""
+    from flows.serve import serve as serve_flow
+
+    with user_errors():
+        serve_flow(prefect_yaml, name)
