@@ -124,6 +124,7 @@ def train_segmenter_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Save here instead of the cache (reused when "
                                              "present).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain even when a cached one exists.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     preset: PresetOpt = None,
     set_: SetOpt = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -132,11 +133,12 @@ def train_segmenter_cmd(
     """Train the evaluation segmenter on the real train split (cached per data version) and report its val mIoU."""
     cfg = load_config(preset, set_, params)
     dry_run_exit(cfg, dry_run)
+    from sdm.eval.runner import default_device
     from sdm.eval.segmenter_cache import train_and_save
 
     seg, directory, trained = _run_reporting_input_errors(
         train_and_save, data or Path(cfg.data.prepared), cfg, out_dir=out, force=force,
-        log=lambda m: typer.echo(m, err=True),
+        device=default_device() if device == "auto" else device, log=lambda m: typer.echo(m, err=True),
     )
     summary = {"segmenter": str(directory), "trained_now": trained, "data_version": seg.info.get("data_version"),
                "val_miou": seg.info.get("val_miou"), "val_images": seg.info.get("val_images")}

@@ -72,9 +72,10 @@ def _resolve_segmenter(req: EvalRequest, config: Config, num_classes: int, log: 
     from sdm.eval.segmenter_cache import load_segmenter, train_and_save
 
     path = req.segmenter or config.evaluate.segmenter.path
-    if path:
-        return load_segmenter(path, num_classes)
-    return train_and_save(req.data, config, log=log)[0]
+    seg = load_segmenter(path, num_classes) if path else train_and_save(req.data, config, device=req.device,
+                                                                          log=log)[0]
+    seg.module.to(req.device)
+    return seg
 
 
 def _generate(model: Any, ckpt_config: Config, real: dict, config: Config, *, scale: float, sampler: str,

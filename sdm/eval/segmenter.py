@@ -127,9 +127,11 @@ class Segmenter:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise SegmenterError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
         self.module.eval()
+        param = next(iter(self.module.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
         preds, feats = [], []
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
             logits, f = self._run(x)
             preds.append(logits.argmax(1).cpu().numpy().astype(np.int64))
             feats.append(f.double().cpu().numpy())

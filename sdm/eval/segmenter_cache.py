@@ -56,7 +56,7 @@ def save_segmenter(directory: str | Path, net: EvalSegNet, meta: dict) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS))
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{time.time_ns()}")
@@ -119,6 +119,7 @@ def train_and_save(
     *,
     out_dir: str | Path | None = None,
     force: bool = False,
+    device: str = "cpu",
     log: Callable[[str], None] = print,
 ) -> tuple[Segmenter, Path, bool]:
     """The segmenter for ``prepared_dir``: from the cache (or ``out_dir``) when there, else trained and saved.
@@ -140,13 +141,13 @@ def train_and_save(
             f"({seg.info.get('data_version')}): retraining")
     log(f"evaluation segmenter: training {config.evaluate.segmenter.steps} steps on {prepared_dir} (train split)")
     net, summary = train_segmenter(prepared_dir, manifest.num_classes, config.evaluate.segmenter,
-                                   data_config=config.data, seed=config.evaluate.seed, log=log)
+                                   data_config=config.data, seed=config.evaluate.seed, device=device, log=log)
     meta = {**_settings(config), **summary, "num_classes": manifest.num_classes,
             "class_names": list(manifest.class_names), "data_key": key, "data_version": version,
             "prepared_dir": str(Path(prepared_dir).resolve()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     val = load_split_arrays(prepared_dir, "val")
-    seg = Segmenter(module=net, num_classes=manifest.num_classes, source="", feature_space="", info=meta)
+    seg = Segmenter(module=net.to(device), num_classes=manifest.num_classes, source="", feature_space="", info=meta)
     if len(val["ids"]):
         miou, per_class = segmenter_miou(seg, val["images"], val["labels"])
         meta["val_miou"] = miou

@@ -55,13 +55,15 @@ def train_segmenter(
     *,
     data_config: DataConfig | None = None,
     seed: int = 0,
+    device: str | torch.device = "cpu",
     log: Callable[[str], None] = print,
 ) -> tuple[EvalSegNet, dict]:
     """Train :class:`EvalSegNet` for ``config.steps`` steps (Adam, cosine-decayed lr, cross-entropy).
 
     Uses the augmented training split (flips / crops as in ``data_config``,
     the training defaults when None). Returns the network (eval mode) and a
-    summary dict (steps, final loss, training images).
+    summary dict (steps, first and final loss, training images). The network
+    is returned on the CPU.
     """
     from sdm.data.loader import PreparedDataset
 
@@ -72,7 +74,7 @@ def train_segmenter(
     if len(ds) == 0:
         raise ValueError(f"{prepared_dir}: the train split is empty; the evaluation segmenter needs real "
                          "training images")
-    net = EvalSegNet(num_classes, width=config.width)
+    net = EvalSegNet(num_classes, width=config.width).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     # Cosine decay to 0 over the run: a short schedule still ends converged.
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -86,8 +88,8 @@ def train_segmenter(
         # The dataset shuffles and augments per (seed, epoch) itself.
         loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, drop_last=len(ds) >= batch)
         for item in loader:
-            logits = net(item["image"])
-            loss = F.cross_entropy(logits, item["label"].long())
+            logits = net(item["image"].to(device))
+            loss = F.cross_entropy(logits, item["label"].to(device).long())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -99,7 +101,7 @@ def train_segmenter(
             if step >= config.steps:
                 break
         epoch += 1
-    net.eval()
+    net.eval().cpu()
     k = max(1, min(10, len(losses) // 4))
     return net, {"arch": ARCH, "steps": step, "initial_loss": float(np.mean(losses[:k])),
                  "final_loss": float(np.mean(losses[-k:])), "train_images": len(ds)}
