@@ -10,7 +10,7 @@ export DO_NOT_TRACK=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: setup test lint bench
+.PHONY: setup demo test lint bench
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# The main job on the embedded defaults: synthetic data -> DVC -> Ray training ->
+# guided evaluation -> MLflow registry, orchestrated by Prefect (ephemeral API).
+demo: setup
+	$(BIN)/sdm pipeline run
 
 lint: setup
 	$(BIN)/ruff check .
