@@ -73,6 +73,9 @@ def _run_local(payload: dict[str, Any], hooks: TrainHooks) -> None:
 
     config = from_dict(payload["config"])
     device = torch.device("cuda" if payload["use_gpu"] else "cpu")
+    if device.type == "cpu":
+        # The same threads a Ray worker gets: torch's default (all cores) oversubscribes a busy machine.
+        torch.set_num_threads(max(1, int(payload["cpus_per_worker"])))
     ctx = WorkerContext(device=device)
     run_dir = Path(payload["run_dir"])
     run_training(

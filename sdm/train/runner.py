@@ -17,7 +17,7 @@ from torch import nn
 
 from sdm.config import Config, ConfigError
 from sdm.diffusion import GaussianDiffusion
-from sdm.model import EMA_FILE, MODEL_FILE, SDMUNet, save_checkpoint
+from sdm.model import EMA_FILE, MODEL_FILE, SDMUNet, read_checkpoint_meta, save_checkpoint
 from sdm.state_dict_check import check_state_dict
 from sdm.train.batches import TrainingDataset
 from sdm.train.checkpoint import TrainState, read_train_state
@@ -108,7 +108,10 @@ def run_training(
     elif init_from is not None:
         weights, ema_weights = load_init_weights(Path(init_from), model)
         model.load_state_dict(weights)
-        ema.load_state_dict(ema_weights)
+        # The EMA warmup continues where the source run left it (so pretrain + finetune in two
+        # calls equals one call).
+        init_meta = read_checkpoint_meta(init_from)
+        ema.load_state_dict(ema_weights, num_updates=int(init_meta.get("ema_updates", init_meta.get("step", 0))))
     ema.to(ctx.device)
 
     net: nn.Module = model
@@ -135,7 +138,7 @@ def run_training(
     if ctx.is_main:
         total = plan[-1].total_steps
         info_meta = {**(meta or {}), "step": total, "phases": {p.name: p.cfg.steps for p in plan},
-                     "data_version": data_version, "world_size": ctx.world_size}
+                     "data_version": data_version, "world_size": ctx.world_size, "ema_updates": ema.num_updates}
         save_checkpoint(final, model.state_dict(), config, ema_state=ema.state_dict(), meta=info_meta)
         hooks.on_end(final, {"global_step": total, "resumed_from": resume_name})
     barrier(ctx)

@@ -1,0 +1,97 @@
+"""Bad input to ``sdm train``: each a clear error before any worker (or Ray) starts."""
+
+from __future__ import annotations
+
+import pytest
+from _train_helpers import make_prepared, tiny_config
+from typer.testing import CliRunner
+
+from sdm.config import ConfigError, to_dict
+from sdm.data.manifest import ManifestError
+from sdm.train.checkpoint import TrainState, write_train_state
+from sdm.train.launch import train
+from sdm.train.preflight import PreflightError, model_shape_diff
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("train-inputs"))
+
+
+@pytest.fixture(autouse=True)
+def no_ray_started():
+    import ray
+
+    was = ray.is_initialized()
+    yield
+    assert ray.is_initialized() == was, "a bad input must be reported before Ray starts"
+
+
+def _train(cfg, **kw):
+    return train(cfg, run_name=kw.pop("run_name", "r"), log_mlflow=False, echo=lambda s: None, **kw)
+
+
+def test_dataset_classes_differ_from_the_model(prepared, tmp_path):
+    with pytest.raises(PreflightError, match=r"dataset has 12 classes but model.num_classes is 5.*num_classes=12"):
+        _train(tiny_config(prepared, tmp_path, "model.num_classes=5"))
+
+
+def test_missing_prepared_data_names_the_command(tmp_path):
+    with pytest.raises(ManifestError, match=r"does not exist.*sdm data prepare.*dvc pull"):
+        _train(tiny_config(tmp_path / "nothing-here", tmp_path))
+
+
+def test_global_batch_not_divisible_by_workers(prepared, tmp_path):
+    with pytest.raises(ConfigError, match="train.batch_size 5 is not divisible by 2 workers"):
+        _train(tiny_config(prepared, tmp_path, "train.batch_size=5"), workers=2)
+
+
+def test_batch_larger_than_the_train_split(prepared, tmp_path):
+    with pytest.raises(PreflightError, match="fewer than the global batch"):
+        _train(tiny_config(prepared, tmp_path, "train.batch_size=64"))
+
+
+def test_resume_with_a_different_model_shape(prepared, tmp_path):
+    old = tiny_config(prepared, tmp_path, "model.model_channels=64", "model.num_res_blocks=2")
+    write_train_state(tmp_path / "r" / "checkpoint-pretrain-0000003",
+                      TrainState(phase="pretrain", phase_index=0, step=3, phase_steps=6, model={}, ema={},
+                                 ema_updates=3, optimizer=None, config=to_dict(old)))
+    with pytest.raises(PreflightError, match=r"different model \(model.model_channels: checkpoint 64, now 32; "
+                                             r"model.num_res_blocks: checkpoint 2, now 1\).*--run-name"):
+        _train(tiny_config(prepared, tmp_path))
+    # Settings that change no weight shape do not block a resume.
+    runtime = tiny_config(prepared, tmp_path, "model.use_checkpoint=true", "model.dropout=0.1")
+    assert model_shape_diff(runtime.model, tiny_config(prepared, tmp_path).model) == {}
+
+
+def test_init_from_a_different_model(prepared, tmp_path):
+    import torch
+
+    from sdm.model import save_checkpoint
+    from sdm.train.runner import build_model
+
+    other = tiny_config(prepared, tmp_path, "model.num_classes=7")
+    save_checkpoint(tmp_path / "other", build_model(other, torch.device("cpu")).state_dict(), other)
+    with pytest.raises(PreflightError, match=r"--init-from weights are of a different model.*num_classes"):
+        _train(tiny_config(prepared, tmp_path), phase="finetune", init_from=tmp_path / "other")
+
+
+def test_fault_injection_needs_a_rank_one(prepared, tmp_path):
+    with pytest.raises(ConfigError, match="fail_at_step 2 kills rank 1"):
+        _train(tiny_config(prepared, tmp_path, "train.fail_at_step=2"), workers=1)
+
+
+def test_run_name_must_be_a_folder_name(prepared, tmp_path):
+    with pytest.raises(ConfigError, match="plain folder name"):
+        _train(tiny_config(prepared, tmp_path), run_name="../elsewhere")
+
+
+def test_cli_prints_one_message_and_exits_2(prepared, tmp_path):
+    from sdm.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--params", str(tmp_path / "none.yaml"),
+                                      "--set", f"data.prepared={prepared}", "--set", f"train.storage_path={tmp_path}",
+                                      "--set", "model.num_classes=3", "--no-mlflow"])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "model.num_classes is 3" in result.output
+    assert "Traceback" not in result.output
