@@ -10,6 +10,7 @@ import torch
 from sdm.config.load import ConfigError
 from sdm.config.schema import ModelConfig
 from sdm.model import ImageSizeError, SDMUNet
+from sdm.nn import spade_cache
 from sdm.nn.attention import AttentionBlock
 from sdm.nn.resblock import ResBlock
 from sdm.nn.spade import SPADEGroupNorm
@@ -112,13 +113,21 @@ def test_spade_only_in_middle_and_decoder() -> None:
     assert not torch.allclose(out_a, out_b)
 
 
-@pytest.mark.parametrize("cfg", [TINY, tiny(resblock_updown=False, use_scale_shift_norm=False),
-                                 tiny(image_size=[16, 32], channel_mult=[1.0, 1.0, 2.0])],
-                         ids=["updown", "plain-resample", "non-square"])
-def test_cached_equals_uncached(cfg: ModelConfig) -> None:
+@pytest.mark.parametrize(
+    ("cfg", "storage"),
+    [(TINY, "per-row"), (TINY, "broadcast-runs"), (TINY, "gather"),
+     (tiny(resblock_updown=False, use_scale_shift_norm=False), "per-row"),
+     (tiny(image_size=[16, 32], channel_mult=[1.0, 1.0, 2.0]), "broadcast-runs")],
+    ids=["per-row", "broadcast-runs", "gather", "plain-resample", "non-square"],
+)
+def test_cached_equals_uncached(cfg: ModelConfig, storage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if storage != "per-row":
+        monkeypatch.setattr(spade_cache, "FULL_ROWS_MAX_BYTES", 0)
+    if storage == "gather":
+        monkeypatch.setattr(spade_cache, "_MAX_RUNS", 0)
     model = randomize(SDMUNet(cfg)).eval()
     x_t, t, segmap = inputs(cfg, n=3)
-    # A classifier-free guidance batch: conditional rows then null rows (identical, deduplicated in the cache).
+    # A classifier-free guidance batch: conditional rows then null rows (identical: computed once).
     x_t, t = torch.cat([x_t, x_t]), torch.cat([t, t])
     segmap = torch.cat([segmap, torch.zeros_like(segmap)])
     with torch.no_grad():
@@ -127,13 +136,30 @@ def test_cached_equals_uncached(cfg: ModelConfig) -> None:
         cached = model(x_t, t, segmap, spade_cache=cache)
         cached_again = model(x_t, (t + 100) % 1000, segmap, spade_cache=cache)
         plain_again = model(x_t, (t + 100) % 1000, segmap)
-    assert cache.rows is not None and len(cache.scales[0]) == 4  # 3 distinct label maps + the null one
+    if storage == "per-row":
+        assert cache.rows is None and len(cache.scales[0]) == 6
+    else:
+        assert cache.rows.tolist() == [0, 1, 2, 3, 3, 3] and len(cache.scales[0]) == 4  # 3 label maps + null
+        assert (cache.runs is None) == (storage == "gather")
     assert plain.abs().max() > 0.1
     assert (plain - cached).abs().max() <= 1e-5
     assert (plain_again - cached_again).abs().max() <= 1e-5
     levels = len(cfg.channel_mult)
     blocks = 2 + levels * (cfg.num_res_blocks + 1) + (levels - 1) * cfg.resblock_updown
     assert len(cache.scales) == len(model.spade_norms) == 2 * blocks
+
+
+def test_cache_rows_and_runs() -> None:
+    seg = torch.zeros(5, 2, 4, 4)
+    seg[0, 0] = 1
+    seg[2, 1] = 1
+    seg[3, 0] = 1  # rows 0 and 3 equal, rows 1 and 4 null
+    distinct, rows = spade_cache._distinct_rows(seg)
+    assert rows.tolist() == [0, 1, 2, 0, 1]
+    assert torch.equal(distinct, seg[[0, 1, 2]])
+    assert spade_cache._runs([0, 1, 2, 3, 3, 3]) == [(0, 3, 0, 3), (3, 6, 3, 4)]
+    assert spade_cache._runs([0, 0, 1, 1]) == [(0, 2, 0, 1), (2, 4, 1, 2)]
+    assert spade_cache._runs([0, 1, 0, 1]) == [(0, 2, 0, 2), (2, 4, 0, 2)]
 
 
 def test_cache_with_distinct_rows_and_mismatch() -> None:

@@ -51,5 +51,4 @@ class SPADEGroupNorm(nn.Module):
         if isinstance(cond, torch.Tensor):
             gamma, beta = self.modulation(cond.to(x.dtype), tuple(x.shape[-2:]))
             return normalized * (1 + gamma) + beta
-        scale, shift = cond.lookup(self, x)
-        return torch.addcmul(shift, normalized, scale)
+        return cond.modulate(self, normalized)

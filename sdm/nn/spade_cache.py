@@ -6,14 +6,16 @@ them once. Building the cache:
 
 - rows of the batch that are identical (e.g. the all-zero null condition of
   classifier-free guidance, or a label map repeated for several samples) are
-  computed once and gathered back at lookup time;
+  computed once; a small cache is then expanded to one entry per batch row
+  (the fastest lookup), a large one (over ``FULL_ROWS_MAX_BYTES``) keeps the
+  distinct rows only and broadcasts repeats at every step;
 - the label map is resized once per distinct feature resolution, and the
   shared 3x3 convs of all norms at that resolution run as one convolution;
-- each norm's gamma and beta convs run as one convolution, and ``1 + gamma``
-  is stored so a cached norm costs one fused multiply-add.
+- ``1 + gamma`` is stored, so a cached norm costs one fused multiply-add.
 
-Memory: ``2 * C * h * w`` floats per norm and distinct row (about 1.3 GB per
-distinct label map at the paper's 256x256 config in float32).
+Memory: ``2 * C * h * w`` floats per norm and row: in float32 about 1.9 GiB per
+label map at the paper's ADE20K config (256x256), 2.5 GiB at Cityscapes (256x512),
+3.5 MiB at the toy config.
 """
 
 from __future__ import annotations
@@ -30,49 +32,91 @@ from sdm.nn.spade import SPADEGroupNorm
 _BUILD_CHUNK = 4
 
 
+# Above this many runs (a batch that interleaves repeated label maps) lookups gather rows instead.
+_MAX_RUNS = 4
+# A cache up to this size is stored per batch row (fastest per step); a larger one keeps each distinct
+# label map once and broadcasts repeats (e.g. halves the memory of a guidance batch's null rows).
+FULL_ROWS_MAX_BYTES = 1 << 30
+
+
 @dataclass
 class SpadeCache:
     """Opaque to callers: ``(1 + gamma, beta)`` of every SPADE norm for one segmap batch.
 
     scales[i], shifts[i]: [U, C_i, h_i, w_i] for the U distinct rows of the
-    segmap; rows: [N] index of each batch row into those (None: rows are the
-    batch itself, in order). ``segmap_shape`` is the [N, K, H, W] it was built for.
+    segmap, in order of first appearance; rows: [N] index of each batch row
+    into those (None: all rows distinct, in batch order); runs: the batch as
+    (b0, b1, u0, u1) pieces whose rows are either distinct rows u0..u1-1 or
+    one row u0 repeated, so repeated rows are broadcast instead of copied
+    (None: gather by ``rows``). ``segmap_shape`` is the [N, K, H, W] it was built for.
     """
 
     scales: list[torch.Tensor]
     shifts: list[torch.Tensor]
     rows: torch.Tensor | None
+    runs: list[tuple[int, int, int, int]] | None
     segmap_shape: tuple[int, ...]
 
     @property
     def batch_size(self) -> int:
         return self.segmap_shape[0]
 
-    def lookup(self, norm: SPADEGroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1 + gamma, beta)`` for ``norm`` applied to features x [N,C,h,w]; both [N,C,h,w]."""
+    def modulate(self, norm: SPADEGroupNorm, normalized: torch.Tensor) -> torch.Tensor:
+        """``normalized * (1 + gamma) + beta`` for ``norm``'s cached gamma/beta; normalized: [N,C,h,w]."""
         i = norm.cache_index
         if not 0 <= i < len(self.scales):
             raise ValueError(f"this SpadeCache holds {len(self.scales)} SPADE norms but the model asks for "
                              f"norm {i}: it was built by a different model")
         scale, shift = self.scales[i], self.shifts[i]
-        if x.shape[0] != self.batch_size or scale.shape[1:] != x.shape[1:]:
+        if normalized.shape[0] != self.batch_size or scale.shape[1:] != normalized.shape[1:]:
             raise ValueError(f"SpadeCache built for a segmap of shape {list(self.segmap_shape)} gives "
-                             f"{list(scale.shape[1:])} features at SPADE norm {i}, but the forward has "
-                             f"features {list(x.shape)}: build the cache from the forward's own segmap")
-        if self.rows is not None:
-            scale, shift = scale[self.rows], shift[self.rows]
-        return scale.to(x.dtype), shift.to(x.dtype)
+                             f"{list(scale.shape[1:])} features at SPADE norm {i}, but the forward has features "
+                             f"{list(normalized.shape)}: build the cache from the forward's own segmap")
+        scale, shift = scale.to(normalized.dtype), shift.to(normalized.dtype)
+        if self.rows is None:
+            return torch.addcmul(shift, normalized, scale)
+        if self.runs is None:
+            return torch.addcmul(shift[self.rows], normalized, scale[self.rows])
+        out = torch.empty_like(normalized)
+        for b0, b1, u0, u1 in self.runs:
+            torch.addcmul(shift[u0:u1], normalized[b0:b1], scale[u0:u1], out=out[b0:b1])
+        return out
+
+
+def _runs(rows: list[int]) -> list[tuple[int, int, int, int]]:
+    """Split a row map into pieces (b0, b1, u0, u1): distinct rows u0..u1-1, or one row u0 repeated."""
+    runs = []
+    b0, n = 0, len(rows)
+    while b0 < n:
+        b1 = b0 + 1
+        if b1 < n and rows[b1] == rows[b0]:
+            while b1 < n and rows[b1] == rows[b0]:
+                b1 += 1
+            runs.append((b0, b1, rows[b0], rows[b0] + 1))
+        else:
+            # Extend while the next row is the next distinct one and does not start a repeat.
+            while b1 < n and rows[b1] == rows[b1 - 1] + 1 and (b1 + 1 == n or rows[b1 + 1] != rows[b1]):
+                b1 += 1
+            runs.append((b0, b1, rows[b0], rows[b0] + b1 - b0))
+        b0 = b1
+    return runs
 
 
 def _distinct_rows(segmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(distinct rows [U,K,H,W], index [N] of each row into them, or None when all rows differ)."""
+    """(distinct rows [U,K,H,W] in order of first appearance, the index [N] of each batch row into them),
+    or (segmap, None) when all rows differ."""
     n = segmap.shape[0]
     if n == 1:
         return segmap, None
-    unique, inverse = torch.unique(segmap.reshape(n, -1), dim=0, return_inverse=True)
-    if unique.shape[0] == n:
+    _, inverse = torch.unique(segmap.reshape(n, -1), dim=0, return_inverse=True)
+    relabel: dict[int, int] = {}
+    for u in inverse.tolist():
+        relabel.setdefault(u, len(relabel))
+    if len(relabel) == n:
         return segmap, None
-    return unique.reshape(-1, *segmap.shape[1:]), inverse
+    rows = [relabel[u] for u in inverse.tolist()]
+    firsts = [rows.index(r) for r in range(len(relabel))]
+    return segmap[firsts], torch.tensor(rows, device=segmap.device)
 
 
 def _modulations_at(norms: Sequence[SPADEGroupNorm], seg: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -81,14 +125,10 @@ def _modulations_at(norms: Sequence[SPADEGroupNorm], seg: torch.Tensor) -> list[
     shared_b = torch.cat([n.mlp_shared[0].bias for n in norms])
     hidden = torch.relu(F.conv2d(seg, shared_w, shared_b, padding=1))
     out = []
-    for k, hid in enumerate(hidden.split([n.mlp_shared[0].out_channels for n in norms], dim=1)):
-        norm = norms[k]
-        weight = torch.cat([norm.mlp_gamma.weight, norm.mlp_beta.weight])
-        bias = torch.cat([norm.mlp_gamma.bias, norm.mlp_beta.bias])
-        both = F.conv2d(hid, weight, bias, padding=1)
-        both[:, : norm.channels] += 1  # in place: 1 + gamma and beta stay views of one tensor
-        scale, shift = both.split(norm.channels, dim=1)
-        out.append((scale, shift))
+    for norm, hid in zip(norms, hidden.split([n.mlp_shared[0].out_channels for n in norms], dim=1), strict=True):
+        scale = F.conv2d(hid, norm.mlp_gamma.weight, norm.mlp_gamma.bias, padding=1)
+        scale += 1  # in place: 1 + gamma without a second tensor
+        out.append((scale, F.conv2d(hid, norm.mlp_beta.weight, norm.mlp_beta.bias, padding=1)))
     return out
 
 
@@ -115,4 +155,14 @@ def build_spade_cache(norms: Sequence[SPADEGroupNorm], segmap: torch.Tensor) -> 
             else:
                 scales[norm.cache_index] = torch.cat([c[k][0] for c in chunks])
                 shifts[norm.cache_index] = torch.cat([c[k][1] for c in chunks])
-    return SpadeCache(scales=scales, shifts=shifts, rows=rows, segmap_shape=tuple(segmap.shape))  # type: ignore[arg-type]
+    runs = None
+    full_bytes = sum(t[0].numel() * t.element_size() * 2 for t in scales) * segmap.shape[0]  # type: ignore[union-attr]
+    if rows is not None and full_bytes <= FULL_ROWS_MAX_BYTES:
+        scales = [t[rows] for t in scales]  # type: ignore[index]
+        shifts = [t[rows] for t in shifts]  # type: ignore[index]
+        rows = None
+    if rows is not None:
+        runs = _runs(rows.tolist())
+        runs = runs if len(runs) <= _MAX_RUNS else None
+    return SpadeCache(scales=scales, shifts=shifts, rows=rows, runs=runs,  # type: ignore[arg-type]
+                      segmap_shape=tuple(segmap.shape))
