@@ -72,8 +72,12 @@ class ModelConfig:
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     learn_sigma: bool = True
+    # Gradient checkpointing of every ResBlock / attention block (less memory, ~30% more compute).
     use_checkpoint: bool = False
+    # The official flag, kept so official settings round-trip; the network's weights stay float32 and
+    # mixed precision comes from train.precision (autocast), not from this flag.
     use_fp16: bool = False
+    # Hidden channels of each SPADE norm's shared conv (128 in the paper).
     spade_hidden: int = _f(128, min=1)
 
     @property
