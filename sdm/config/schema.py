@@ -72,7 +72,8 @@ class ModelConfig:
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     learn_sigma: bool = True
-    # Gradient checkpointing of every ResBlock / attention block (less memory, ~30% more compute).
+    # Gradient checkpointing of every ResBlock / attention block: less activation memory, the forward
+    # recomputed in backward.
     use_checkpoint: bool = False
     # The official flag, kept so official settings round-trip; the network's weights stay float32 and
     # mixed precision comes from train.precision (autocast), not from this flag.
