@@ -66,5 +66,18 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray cluster for the whole session (~5 s to start), as ``sdm train`` starts it."""
+    import ray
+
+    from sdm.train.ray_dispatch import ensure_ray
+
+    started = ensure_ray()
+    yield
+    if started:
+        ray.shutdown()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SESSION_HOME, ignore_errors=True)
