@@ -1,0 +1,107 @@
+"""``generate``: label maps in, uint8 images out. The one sampling entry point.
+
+Used by ``sdm sample``, evaluation, the training sample grids and the MLflow
+pyfunc model, so every one of them validates, conditions, seeds and converts
+the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdm.conditioning import make_segmap
+from sdm.config.schema import Config
+from sdm.diffusion import GaussianDiffusion, sample_loop
+
+
+class SampleInputError(ValueError):
+    """Label or instance maps that cannot be sampled from; the message names the map, the value and the expectation."""
+
+
+def _as_long(maps: Any, what: str) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(maps) if not isinstance(maps, torch.Tensor) else maps)
+    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.is_complex():
+        raise SampleInputError(f"{what} must hold integers, got dtype {tensor.dtype}")
+    if tensor.ndim != 3:
+        raise SampleInputError(f"{what} must be [N, H, W], got shape {list(tensor.shape)}")
+    return tensor.long()
+
+
+def validate_labels(labels: Any, config: Config, instances: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check label maps [N, H, W] (and instance maps) against the model config; return them as long tensors.
+
+    Errors name the offending map's index, the value found and what was expected.
+    """
+    label_t = _as_long(labels, "labels")
+    size = list(config.model.image_size)
+    if list(label_t.shape[1:]) != size:
+        raise SampleInputError(f"label maps are {label_t.shape[1]}x{label_t.shape[2]} (HxW) but the model "
+                               f"expects {size[0]}x{size[1]} (model.image_size)")
+    num_classes = config.model.num_classes
+    if label_t.numel():
+        per_map_max = label_t.flatten(1).amax(dim=1)
+        per_map_min = label_t.flatten(1).amin(dim=1)
+        bad = torch.nonzero((per_map_max >= num_classes) | (per_map_min < 0)).flatten()
+        if len(bad):
+            i = int(bad[0])
+            found = int(per_map_max[i]) if per_map_max[i] >= num_classes else int(per_map_min[i])
+            raise SampleInputError(f"label map {i} has value {found}; the model has {num_classes} classes, "
+                                   f"so labels must be in 0..{num_classes - 1}")
+    instance_t = None
+    if instances is not None:
+        instance_t = _as_long(instances, "instances")
+        if instance_t.shape != label_t.shape:
+            raise SampleInputError(f"instance maps have shape {list(instance_t.shape)} but the label maps "
+                                   f"{list(label_t.shape)}")
+    return label_t, instance_t
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, 3, H, W] float in [-1, 1] -> uint8 [N, H, W, 3] (values outside are clipped)."""
+    scaled = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return scaled.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def generate(
+    model: Any,
+    config: Config,
+    labels: np.ndarray | torch.Tensor,
+    instances: np.ndarray | torch.Tensor | None = None,
+    *,
+    guidance_scale: float,
+    sampler: str,
+    steps: int,
+    seed: int,
+    batch_size: int = 8,
+    eta: float = 0.0,
+    progress: bool = False,
+) -> np.ndarray:
+    """Sample one image per label map: labels [N, H, W] int in 0..num_classes-1 -> uint8 [N, H, W, 3].
+
+    Sample i starts from noise of its own generator seeded ``seed + i``, so the
+    images do not depend on ``batch_size``. ``instances`` [N, H, W] (any integer
+    ids) give instance edges when the model uses them; without them the edges
+    come from the label map itself.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    label_t, instance_t = validate_labels(labels, config, instances)
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    device = param.device if param is not None else torch.device("cpu")
+    diffusion = GaussianDiffusion(config.diffusion, config.model.learn_sigma)
+    out = []
+    for start in range(0, label_t.shape[0], batch_size):
+        stop = min(start + batch_size, label_t.shape[0])
+        inst = instance_t[start:stop] if instance_t is not None else None
+        segmap = make_segmap(label_t[start:stop], inst, config.model).to(device)
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]
+        images = sample_loop(
+            model, diffusion, segmap, sampler=sampler, steps=steps, guidance_scale=guidance_scale, eta=eta,
+            generator=generators, progress=progress, channels=config.model.in_channels,
+        )
+        out.append(to_uint8(images))
+    h, w = config.model.image_size
+    return np.concatenate(out) if out else np.zeros((0, h, w, 3), dtype=np.uint8)
