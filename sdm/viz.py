@@ -10,26 +10,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sdm.data.palette import distinct_palette
+
 
 def default_palette(num_classes: int) -> list[list[int]]:
     """A fixed, distinct colour per class: [[r, g, b], ...] (num_classes entries, 0..255).
 
-    The bits of the class index are spread over the high bits of r, g and b
-    (bit 0 -> red, bit 1 -> green, bit 2 -> blue, then the next-lower bit of each),
-    so neighbouring indices get clearly different colours and every index up
-    to 2**24 - 1 a unique one.
+    The same colours as the data tools use for formats without an official
+    palette (``sdm.data.palette.distinct_palette``), so grids match the data.
     """
-    palette = []
-    for index in range(num_classes):
-        rgb = [0, 0, 0]
-        value, shift = index, 7
-        while value and shift >= 0:
-            for channel in range(3):
-                rgb[channel] |= (value & 1) << shift
-                value >>= 1
-            shift -= 1
-        palette.append(rgb)
-    return palette
+    return distinct_palette(num_classes)
 
 
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""Label (and instance) PNGs for ``sdm sample``: found, read and checked, with errors that name the file.
+
+Label PNGs hold class indices 0..num_classes-1 in one channel (mode L, P with
+its indices, I or I;16), at the model's size: the prepared form, after any
+dataset remap (e.g. ADE20K's label - 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sdm.cli.common import UserError
+from sdm.config.schema import ModelConfig
+
+SINGLE_CHANNEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "1")
+# Output names in the sample directory that a label file must not take.
+RESERVED_STEMS = ("grid", "config")
+
+
+@dataclass
+class LabelInputs:
+    """The label maps to sample: one per file, in file-name order."""
+
+    paths: list[Path]
+    labels: np.ndarray  # int64 [N, H, W]
+    instances: np.ndarray | None  # int64 [N, H, W] or None
+
+
+def list_pngs(path: Path, what: str) -> list[Path]:
+    """A PNG file, or the *.png files of a directory (sorted by name)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+        if not files:
+            raise UserError(f"{path}: no .png {what} files in this directory")
+        return files
+    if path.is_file():
+        return [path]
+    raise UserError(f"{path}: no such {what} file or directory")
+
+
+def read_index_png(path: Path, what: str) -> np.ndarray:
+    """A single-channel PNG as int64 [H, W]; a multi-channel one is an error naming its mode."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, bands = im.mode, len(im.getbands())
+            if mode not in SINGLE_CHANNEL_MODES:
+                raise UserError(f"{path}: a multi-channel PNG (mode {mode}, {bands} channels); expected a "
+                                f"single-channel {what} map (mode L, P or I;16) holding integer ids")
+            return np.asarray(im).astype(np.int64)
+    except UserError:
+        raise
+    except Exception as e:  # PIL raises several types for unreadable files
+        raise UserError(f"{path}: cannot read as an image: {e}") from None
+
+
+def _check_size(array: np.ndarray, path: Path, what: str, model: ModelConfig) -> None:
+    h, w = model.image_size
+    if array.shape != (h, w):
+        raise UserError(f"{path}: {what} map is {array.shape[0]}x{array.shape[1]} (HxW) but the model expects "
+                        f"{h}x{w} (model.image_size of the checkpoint)")
+
+
+def read_label_inputs(labels: Path, instances: Path | None, model: ModelConfig) -> LabelInputs:
+    """Read and check every label PNG (and its instance PNG) against the checkpoint's model config.
+
+    With a directory of instance maps, each label file is paired with the
+    instance file of the same name; a single instance file needs a single label file.
+    """
+    paths = list_pngs(labels, "label")
+    for p in paths:
+        if p.stem in RESERVED_STEMS:
+            raise UserError(f"{p}: a label file may not be called {p.name}: {p.stem}.png/.yaml is an output name")
+    maps = []
+    for p in paths:
+        label = read_index_png(p, "label")
+        _check_size(label, p, "label", model)
+        top, low = int(label.max()), int(label.min())
+        if top >= model.num_classes or low < 0:
+            bad = top if top >= model.num_classes else low
+            raise UserError(f"{p}: label value {bad} found; the model has {model.num_classes} classes, so labels "
+                            f"must be in 0..{model.num_classes - 1}")
+        maps.append(label)
+    instance_maps = None
+    if instances is not None:
+        if instances.is_dir():
+            inst_paths = [instances / p.name for p in paths]
+            for lp, ip in zip(paths, inst_paths, strict=True):
+                if not ip.is_file():
+                    raise UserError(f"{ip}: missing: label map {lp} needs an instance map of the same name in "
+                                    f"{instances}")
+        else:
+            inst_paths = list_pngs(instances, "instance")
+            if len(paths) != 1:
+                raise UserError(f"{instances}: one instance file given for {len(paths)} label maps; pass a "
+                                "directory of instance maps named like the label files")
+        instance_maps = []
+        for ip in inst_paths:
+            inst = read_index_png(ip, "instance")
+            _check_size(inst, ip, "instance", model)
+            instance_maps.append(inst)
+    return LabelInputs(
+        paths=paths,
+        labels=np.stack(maps),
+        instances=np.stack(instance_maps) if instance_maps is not None else None,
+    )
