@@ -1,6 +1,6 @@
 """``sdm sample``: label PNGs in, one sampled image per label map + a grid out.
 
-    sdm sample --checkpoint DIR --labels FILE_OR_DIR --out DIR [--guidance 1.5]
+    sdm sample --checkpoint DIR | --model models:/NAME@ALIAS --labels FILE_OR_DIR --out DIR [--guidance 1.5]
                [--sampler ddpm|ddim|dpmpp] [--steps N] [--seed S] [--batch-size B]
                [--instances FILE_OR_DIR]
 
@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
+from sdm.cli.model_source import MODEL_HELP, checkpoint_source
 from sdm.config import Config, write_resolved
 
 
@@ -77,12 +78,13 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def sample(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint directory (model.safetensors + "
-                                             "config.json), e.g. runs/<run>/final.")],
     labels: Annotated[Path, typer.Option("--labels", help="A label PNG or a directory of them: single-channel "
                                          "class indices 0..num_classes-1 at the model's size.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory: <label name>.png per label map, grid.png "
                                       "(coloured label | sample), config.yaml.")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint directory (model.safetensors + "
+                                                    "config.json), e.g. runs/<run>/final.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale s "
                                                    "(1 = conditional only; default sample.guidance_scale).")] = None,
     sampler: Annotated[str | None, typer.Option("--sampler", help="ddpm, ddim or dpmpp (default "
@@ -107,7 +109,8 @@ def sample(
 ) -> None:
     """Sample one image per label map with classifier-free guidance."""
     run_cfg = load_config(preset, set_, params)
-    with user_errors():
+    # --model downloads the registered version's checkpoint; from here on both are the same code path.
+    with user_errors(), checkpoint_source(checkpoint, model, run_cfg) as checkpoint:
         ckpt_cfg = checkpoint_config(checkpoint)
         overrides = {k: v for k, v in (("guidance_scale", guidance), ("sampler", sampler), ("steps", steps),
                                        ("seed", seed), ("batch_size", batch_size), ("eta", eta)) if v is not None}
@@ -116,8 +119,7 @@ def sample(
         if sample_cfg.steps > cfg.diffusion.steps:
             raise UserError(f"--steps {sample_cfg.steps}: the checkpoint's diffusion has {cfg.diffusion.steps} "
                             f"steps; sample with 1..{cfg.diffusion.steps}")
-    dry_run_exit(cfg, dry_run)
-    with user_errors():
+        dry_run_exit(cfg, dry_run)
         _run(checkpoint, labels, instances, out, cfg, resolve_device(device), ema, progress)
 
 

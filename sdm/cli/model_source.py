@@ -1,0 +1,46 @@
+"""``--checkpoint DIR`` or ``--model models:/NAME@ALIAS``: where a command's checkpoint comes from.
+
+A registered model is downloaded (its ``checkpoint`` artifact: safetensors +
+config.json) to a temporary directory that lives for the command, so the rest
+of the command runs exactly as with ``--checkpoint``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from sdm.cli.common import UserError
+from sdm.config import Config
+
+MODEL_HELP = ("A registered model instead of --checkpoint: models:/NAME@ALIAS (e.g. models:/sdm-toy@champion) "
+              "or models:/NAME/VERSION, from the MLflow store (MLFLOW_TRACKING_URI or mlflow/mlflow.db).")
+
+
+@contextmanager
+def checkpoint_source(checkpoint: Path | None, model: str | None, config: Config) -> Iterator[Path]:
+    """The checkpoint directory to use: ``checkpoint``, or ``model``'s registered version downloaded."""
+    if (checkpoint is None) == (model is None):
+        raise UserError("give exactly one of --checkpoint DIR or --model models:/NAME@ALIAS")
+    if model is None:
+        assert checkpoint is not None
+        yield checkpoint
+        return
+    from mlflow.exceptions import MlflowException
+
+    from sdm.registry.model_uri import ModelUriError, checkpoint_from_registry
+    from sdm.tracking import tracking_uri
+
+    with tempfile.TemporaryDirectory(prefix="sdm-model-") as tmp:
+        try:
+            got = checkpoint_from_registry(model, tmp, config)
+        except ModelUriError as e:
+            raise UserError(str(e)) from None
+        except MlflowException as e:
+            raise UserError(f"--model {model}: MLflow ({tracking_uri(config)}): {e.message}") from None
+        typer.echo(f"--model {model}: {got.name} version {got.version}", err=True)
+        yield got.path
