@@ -73,6 +73,7 @@ def test_pip_requirements_are_pinned_to_installed_versions() -> None:
     assert all("==" in r for r in reqs)
 
 
+@pytest.mark.slow
 def test_requirements_cover_what_loading_the_pyfunc_imports() -> None:
     """Load the pyfunc file and the sdm modules it uses in a fresh interpreter; every third-party
     package that the loaded sdm modules (and the pyfunc file) import must be a declared requirement."""
