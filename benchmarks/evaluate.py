@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra section.key=value overrides")
     args = ap.parse_args()
 
     scales = parse_scales(args.guidance)
@@ -66,6 +67,7 @@ def main() -> int:
         f"evaluate.repeats={args.repeats}",
         # The steps sweep runs at the last (highest) guidance scale given: 1.5, the paper's.
         f"sample.guidance_scale={scales[-1]}",
+        *args.sets,
     ]
     cfg = resolve(overrides=overrides, params=args.params)
     checkpoint = args.checkpoint or _newest_final(REPO / cfg.train.storage_path)
