@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from flows.retry import transient_only
 from sdm.config import Config, ConfigError
 from sdm.data.version import data_version_info, find_dvc_root, run_dvc, stage_names, stage_out
 
@@ -79,7 +80,7 @@ def prepare_data(config: Config) -> dict[str, Any]:
 
 
 # A push talks to a remote (S3, SSH, ...): transient failures are retried.
-@task(name="push-data", retries=3, retry_delay_seconds=[2, 10, 30])
+@task(name="push-data", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient_only)
 def push_data(config: Config) -> None:
     root = project_root()
     run_dvc(["push", "--with-deps", stage_for(config)], root)

@@ -6,10 +6,11 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from flows.retry import transient_only
 from sdm.config import Config
 
 
-@task(name="register", retries=2, retry_delay_seconds=[2, 10])
+@task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
 def register_model(config: Config, checkpoint: str, metrics_file: str, promote: bool) -> dict[str, Any]:
     from sdm.registry.register import register_checkpoint
 
