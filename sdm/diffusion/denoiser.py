@@ -19,7 +19,7 @@ from sdm.diffusion.guidance import classifier_free_guidance
 
 
 class GuidedDenoiser:
-    """``denoiser(x_t [N,3,H,W], t [N] original timesteps) -> guided model output [N, 6|3, H, W]`` (float32)."""
+    """``denoiser(x_t [N,3,H,W], t [N] original timesteps) -> guided model output [N, 6|3, H, W]`` (x_t's dtype)."""
 
     def __init__(
         self,
@@ -48,8 +48,8 @@ class GuidedDenoiser:
 
     def _forward(self, x_t: Tensor, t: Tensor, segmap: Tensor, cache: Any) -> Tensor:
         if cache is None:
-            return self.model(x_t, t, segmap).float()
-        return self.model(x_t, t, segmap, spade_cache=cache).float()
+            return self.model(x_t, t, segmap).to(x_t.dtype)
+        return self.model(x_t, t, segmap, spade_cache=cache).to(x_t.dtype)
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         if not self.guided:

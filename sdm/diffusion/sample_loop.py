@@ -62,12 +62,13 @@ def sample_loop(
     model: ``model(x_t, t, segmap, spade_cache=None) -> [N, 6|3, H, W]`` (and
     ``model.spade_cache(segmap)`` when use_spade_cache), on segmap's device.
     diffusion: the training process (T steps); it is respaced to ``steps``.
-    segmap: [N, C, H, W] float, the conditioning (one-hot + edges), on the model's device.
+    segmap: [N, C, H, W] float, the conditioning (one-hot + edges), on the model's device; its dtype
+    is the sampling dtype (float32; float64 with a float64 model).
     generator: one torch.Generator, or one per sample (noise per row), or None (global RNG).
     noise: x_T [N, channels, H, W] to start from (overrides drawing it).
     batched_cfg / use_spade_cache: the exact speed-ups (see ``GuidedDenoiser``);
     both False is the official two-pass, uncached path.
-    Returns x_0 [N, channels, H, W] float32, in [-1, 1] when clip_denoised.
+    Returns x_0 [N, channels, H, W] in segmap's dtype, in [-1, 1] when clip_denoised.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
@@ -75,17 +76,19 @@ def sample_loop(
         raise ValueError(f"segmap must be [N, C, H, W], got shape {tuple(segmap.shape)}")
     process = diffusion.respace(steps)
     device = segmap.device
+    # Sampling runs in the segmap's float dtype (float32 normally; float64 for exactness checks).
+    dtype = segmap.dtype if segmap.dtype.is_floating_point else torch.float32
     n, _, h, w = segmap.shape
     shape = (n, channels, h, w)
     if noise is not None:
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
-        x = noise.to(device=device, dtype=torch.float32)
+        x = noise.to(device=device, dtype=dtype)
     else:
-        x = draw_normal(shape, generator, device)
+        x = draw_normal(shape, generator, device).to(dtype)
 
     def draw_noise() -> Tensor:
-        return draw_normal(shape, generator, device)
+        return draw_normal(shape, generator, device).to(dtype)
 
     sample_fn: Callable[..., Tensor] = SAMPLERS[sampler]
     indices = list(range(process.num_timesteps))[::-1]

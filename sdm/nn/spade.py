@@ -50,5 +50,6 @@ class SPADEGroupNorm(nn.Module):
         normalized = self.norm(x)
         if isinstance(cond, torch.Tensor):
             gamma, beta = self.modulation(cond.to(x.dtype), tuple(x.shape[-2:]))
-            return normalized * (1 + gamma) + beta
+            # The same fused multiply-add as the cached path, so both round alike.
+            return torch.addcmul(beta, normalized, 1 + gamma)
         return cond.modulate(self, normalized)
