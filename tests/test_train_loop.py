@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from _train_helpers import make_prepared, one_thread, tiny_config
+from PIL import Image
 from safetensors.torch import load_file
 
+from sdm.data.manifest import read_manifest
 from sdm.model import load_checkpoint, read_checkpoint_meta
 from sdm.train.checkpoint import list_checkpoints, read_state_json
-from sdm.train.data_setup import training_dataset
+from sdm.train.data_setup import sample_grid_factory, training_dataset
 from sdm.train.distributed import WorkerContext
 from sdm.train.hooks import TrainHooks
 from sdm.train.run_log import RunLog, read_run_log
@@ -40,8 +43,9 @@ def _weights(directory):
 def test_a_few_steps_train_checkpoint_and_export(prepared, tmp_path):
     cfg = tiny_config(prepared, tmp_path)
     run_dir = tmp_path / "run"
+    splits = read_manifest(prepared).splits
     final = _run(cfg, run_dir, hooks=RunLog(run_dir), meta={"run_name": "run", "class_names": ["a"]},
-                 data_version="dv-test")
+                 data_version="dv-test", sampler_factory=sample_grid_factory(cfg, splits, None))
     start = build_model(cfg, torch.device("cpu")).state_dict()
     model, ema = _weights(final)
     assert any(not torch.equal(model[k], start[k]) for k in start)  # it trained
@@ -64,6 +68,13 @@ def test_a_few_steps_train_checkpoint_and_export(prepared, tmp_path):
         assert any(k.startswith("loss_q") for k in e)
     assert [e["lr"] for e in logs] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4]
     assert json.loads((final / "config.json").read_text())["train"]["batch_size"] == 4
+    # EMA sample grids at each phase end: label | sample | real for the val split's 5 maps; guidance
+    # only once labels were dropped in training (finetune).
+    samples = [e["path"].rsplit("/", 1)[-1] for e in events if e["event"] == "sample"]
+    assert samples == ["pretrain-0000006-s1.png", "finetune-0000004-s1.5.png"]
+    grid = np.asarray(Image.open(run_dir / "samples" / samples[1]))
+    assert grid.shape == (5 * 32 + 6 * 2, 3 * 32 + 4 * 2, 3)
+    assert grid[2:34, 2 + 34:34 + 34].std() > 0  # a sample, not an empty cell
 
 
 def test_ten_steps_straight_equal_five_plus_resume_plus_five(prepared, tmp_path):

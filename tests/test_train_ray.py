@@ -49,7 +49,7 @@ def test_two_worker_run_trains_both_phases_and_exports(plain_run):
     kept = sorted(p.name for p in result.run_dir.glob("checkpoint-*"))
     assert kept == ["checkpoint-finetune-0000003", "checkpoint-finetune-0000004"]  # keep_checkpoints=2
     assert any("pretrain 2/6 | run 2/10 | loss" in line and "img/s | ETA" in line for line in lines)
-    assert (result.run_dir / "samples" / "finetune-0000004.png").exists()
+    assert (result.run_dir / "samples" / "finetune-0000004-s1.5.png").exists()
 
 
 def test_rerun_resumes_and_logs_to_the_same_mlflow_run(prepared, storage, plain_run, mlflow_uri):
@@ -72,7 +72,7 @@ def test_rerun_resumes_and_logs_to_the_same_mlflow_run(prepared, storage, plain_
     assert [m.step for m in loss] == [2, 4, 6]  # no step lost or repeated
     assert {"loss_q0", "lr", "grad_norm", "img_per_s"} <= set(run.data.metrics)
     artifacts = [a.path for a in client.list_artifacts(one.mlflow_run_id, "samples")]
-    assert "samples/pretrain-0000004.png" in artifacts and "samples/pretrain-0000006.png" in artifacts
+    assert "samples/pretrain-0000004-s1.png" in artifacts and "samples/pretrain-0000006-s1.png" in artifacts
     assert read_checkpoint_meta(two.final_dir)["mlflow_run_id"] == one.mlflow_run_id
 
 

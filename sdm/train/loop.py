@@ -48,7 +48,18 @@ class CheckpointSink(Protocol):
 
 
 class SampleRenderer(Protocol):
-    def render(self, ema_state: dict[str, torch.Tensor], path: Path) -> Path: ...
+    def render(self, ema_state: dict[str, torch.Tensor], path: Path, guidance_scale: float) -> Path: ...
+
+
+def grid_guidance_scale(config: Config, phase: PhaseInfo) -> float:
+    """``sample.guidance_scale`` once the model has been trained with dropped labels, else 1.0.
+
+    Before any label drop (the paper's pretrain) the unconditional branch is untrained, so
+    guidance would only add noise to the picture of how training goes."""
+    from sdm.train.phases import PHASE_ORDER
+
+    trained_null = any(getattr(config.train, name).drop_rate > 0 for name in PHASE_ORDER[:phase.index + 1])
+    return config.sample.guidance_scale if trained_null else 1.0
 
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -200,8 +211,9 @@ def train_phase(parts: LoopParts, phase: PhaseInfo, phase_cfg: PhaseConfig,
         if done % tc.checkpoint_every == 0 or last:
             _save(parts, phase, done, optimizer)
         if parts.sampler is not None and ctx.is_main and (done % tc.sample_every == 0 or last):
+            scale = grid_guidance_scale(cfg, phase)
             path = parts.sampler.render(parts.ema.state_dict(), parts.run_dir / "samples" /
-                                        f"{phase.name}-{done:07d}.png")
+                                        f"{phase.name}-{done:07d}-s{scale:g}.png", scale)
             parts.hooks.on_sample(phase, done, path)
         if last or done % tc.checkpoint_every == 0 or done % tc.sample_every == 0:
             meter.started = time.perf_counter()  # img/s measures training, not checkpoints or grids

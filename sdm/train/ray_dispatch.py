@@ -142,10 +142,10 @@ def run_on_ray(payload: dict[str, Any], settings: RaySettings, hooks: TrainHooks
     from ray.util.queue import Queue
 
     started = ensure_ray(settings.verbose)
-    queue = Queue(actor_options={"num_cpus": 0})
-    relay = _Relay(queue, hooks)
     try:
         check_cluster(settings)
+        queue = Queue(actor_options={"num_cpus": 0})
+        relay = _Relay(queue, hooks)
         trainer = build_trainer({**payload, "queue": queue}, settings)
         relay.start()
         try:
@@ -153,13 +153,14 @@ def run_on_ray(payload: dict[str, Any], settings: RaySettings, hooks: TrainHooks
         except TrainingFailedError as e:
             raise TrainingFailed(f"training failed after {settings.max_failures} restart(s) "
                                  f"(train.max_failures): {e}") from None
+        finally:
+            relay.stop.set()
+            relay.join(timeout=30)
+            queue.shutdown()
+        if relay.error is not None:
+            # A hook (console, run log, MLflow) failed on the driver: training itself finished.
+            raise RuntimeError(f"recording the run's events failed: {relay.error!r}") from relay.error
         return result
     finally:
-        relay.stop.set()
-        if relay.is_alive():
-            relay.join(timeout=30)
-        queue.shutdown()
         if started:
             ray.shutdown()
-        if relay.error is not None:
-            raise relay.error

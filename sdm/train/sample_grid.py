@@ -37,11 +37,11 @@ class EmaSampleGrid:
         self.palette = palette
 
     @torch.no_grad()
-    def render(self, ema_state: dict[str, torch.Tensor], path: Path) -> Path:
-        """Sample with ``config.sample`` (sampler, steps, guidance_scale, seed) and save the grid PNG."""
+    def render(self, ema_state: dict[str, torch.Tensor], path: Path, guidance_scale: float) -> Path:
+        """Sample with ``config.sample`` (sampler, steps, seed) at ``guidance_scale``; save the grid PNG."""
         self.model.load_state_dict(ema_state)
         sc = self.config.sample
-        samples = generate(self.model, self.config, self.labels, self.instances, guidance_scale=sc.guidance_scale,
+        samples = generate(self.model, self.config, self.labels, self.instances, guidance_scale=guidance_scale,
                            sampler=sc.sampler, steps=sc.steps, seed=sc.seed, batch_size=sc.batch_size, eta=sc.eta)
         rows = [[colorize(label.numpy(), self.palette), np.asarray(sample), real]
                 for label, sample, real in zip(self.labels, samples, self.real, strict=True)]
