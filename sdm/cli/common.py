@@ -38,6 +38,13 @@ def user_errors() -> Iterator[None]:
     except (ConfigError, UserError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    except ValueError as e:
+        # sdm's own input errors (CheckpointError, LabelRangeError, ImageSizeError,
+        # DataProblemsError, ...) are ValueError subclasses defined in sdm; others are bugs.
+        if not type(e).__module__.startswith("sdm."):
+            raise
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def load_config(preset: str | None, sets: list[str] | None, params: Path = Path("params.yaml")) -> Config:
