@@ -117,3 +117,18 @@ def test_non_square_model(toy: Config, diffusion: GaussianDiffusion) -> None:
     fast = _sample(model, diffusion, segmap, True, True, sampler="ddim", steps=3)
     plain = _sample(model, diffusion, segmap, False, False, sampler="ddim", steps=3)
     assert fast.shape == (2, 3, 16, 32) and (fast - plain).abs().max() <= 1e-5
+
+
+def test_grouped_label_maps_share_the_encoder(toy: Config, toy_model: SDMUNet) -> None:
+    """SDMUNet with k*N label maps for N x_t rows == the forward of x_t repeated k times (cached or not)."""
+    segmap = torch.cat([_segmap(toy.model, 2), _segmap(toy.model, 2, seed=5), torch.zeros_like(_segmap(toy.model, 2))])
+    x_t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([700, 20])
+    with torch.no_grad():
+        ref = toy_model(x_t.repeat(3, 1, 1, 1), t.repeat(3), segmap)
+        grouped = toy_model(x_t, t, segmap)
+        cached = toy_model(x_t, t, None, spade_cache=toy_model.spade_cache(segmap))
+    assert grouped.shape == (6, 6, 32, 32)
+    assert (grouped - ref).abs().max() <= 1e-5 and (cached - ref).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="segmap must be"):
+        toy_model(x_t, t, segmap[:5])

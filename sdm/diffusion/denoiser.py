@@ -1,7 +1,9 @@
 """The per-step network call of guided sampling: cond + null branches, batched or not, SPADE cache or not.
 
-Two speed-ups over the official sampler, both exact (same outputs):
-  * batched CFG: the conditional and null rows go through ONE forward of batch 2N;
+Speed-ups over the official sampler, all exact (same outputs):
+  * batched CFG: the conditional and null rows go through ONE forward of batch 2N (with a
+    model that supports it, ``shares_encoder``, the encoder, which never sees the label map,
+    runs once on the N rows);
   * SPADE cache: every SPADE gamma/beta depends only on the label map, never on
     x_t or t, so they are computed once per sampling call and reused at every step.
 ``batched_cfg=False, use_spade_cache=False`` is the official (plain) path.
@@ -37,6 +39,8 @@ class GuidedDenoiser:
         if use_spade_cache and not callable(getattr(model, "spade_cache", None)):
             raise TypeError(f"{type(model).__name__} has no spade_cache(segmap); sample with use_spade_cache=False")
         self.segmap = segmap
+        # A model that takes k label maps per x_t row (SDMUNet) runs its encoder once for cond and null.
+        self.shares_encoder = bool(getattr(model, "shares_encoder", False))
         self.null = null_segmap_like(segmap) if self.guided else None
         if self.batched:
             # One label-map batch [cond; null] for every step, and its cache.
@@ -55,7 +59,11 @@ class GuidedDenoiser:
         if not self.guided:
             return self._forward(x_t, t, self.segmap, self.cache)
         if self.batched:
-            out = self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]), self.segmap_in, self.cache)
+            if self.shares_encoder:
+                # One forward; the label-map-free encoder runs once for both halves.
+                out = self._forward(x_t, t, self.segmap_in, self.cache)
+            else:
+                out = self._forward(torch.cat([x_t, x_t]), torch.cat([t, t]), self.segmap_in, self.cache)
             out_cond, out_uncond = out.chunk(2)
         else:
             out_cond = self._forward(x_t, t, self.segmap, self.cache)

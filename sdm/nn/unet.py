@@ -90,6 +90,10 @@ class SDMUNet(nn.Module):
     (along the longer side) listed in ``attention_resolutions``.
     """
 
+    # forward accepts k label maps per x_t row (segmap of k*N rows) and runs the encoder once:
+    # guided samplers use this to batch [cond; null] without running the encoder twice.
+    shares_encoder = True
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         chans, attn_ds = _validate(config)
@@ -175,10 +179,10 @@ class SDMUNet(nn.Module):
             raise ValueError(f"t must be [N] = [{n}] timesteps, got {list(t.shape)}")
         if segmap is not None:
             want = [n, cfg.cond_channels, *x_t.shape[-2:]]
-            if list(segmap.shape) != want:
+            if segmap.ndim != 4 or list(segmap.shape[1:]) != want[1:] or segmap.shape[0] % n:
                 raise ValueError(f"segmap must be {want} (num_classes={cfg.num_classes}"
-                                 f"{' + 1 instance-edge channel' if cfg.use_instance else ''}, the size of x_t), "
-                                 f"got {list(segmap.shape)}")
+                                 f"{' + 1 instance-edge channel' if cfg.use_instance else ''}, the size of x_t; "
+                                 f"or k*{n} rows for k label maps per x_t row), got {list(segmap.shape)}")
         return t
 
     def spade_cache(self, segmap: torch.Tensor) -> SpadeCache:
@@ -195,17 +199,24 @@ class SDMUNet(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, segmap: torch.Tensor | None,
                 spade_cache: SpadeCache | None = None) -> torch.Tensor:
-        """x_t [N,3,H,W], t [N], segmap [N,K,H,W] (may be None with a cache) -> [N, 6|3, H, W]."""
+        """x_t [N,3,H,W], t [N], segmap [N,K,H,W] (may be None with a cache) -> [N, 6|3, H, W].
+
+        segmap (or the cache) may also hold k*N rows, k label maps per x_t row in k groups of N
+        (classifier-free guidance: [cond; null]): the output is then [k*N, 6|3, H, W], row g*N + i for
+        x_t[i] under label map g*N + i, equal to the forward of x_t repeated k times, with the
+        encoder (which never sees the label map) run once.
+        """
         t = self._check_inputs(x_t, t, segmap)
         if spade_cache is None:
             if segmap is None:
                 raise ValueError("forward needs a segmap (or a spade_cache built from one)")
             cond: torch.Tensor | SpadeCache = segmap.to(x_t.dtype)
         else:
-            if spade_cache.segmap_shape[0] != x_t.shape[0] or tuple(spade_cache.segmap_shape[-2:]) != x_t.shape[-2:]:
+            if spade_cache.segmap_shape[0] % x_t.shape[0] or tuple(spade_cache.segmap_shape[-2:]) != x_t.shape[-2:]:
                 raise ValueError(f"spade_cache was built for a segmap of shape {list(spade_cache.segmap_shape)}, "
                                  f"but x_t is {list(x_t.shape)}")
             cond = spade_cache
+        rows = spade_cache.segmap_shape[0] if spade_cache is not None else segmap.shape[0]  # type: ignore[union-attr]
         # Sampling feeds every row the same t: embed it once as [1, E] and let the blocks broadcast it.
         # Besides the saved work, a row's result then does not depend on the batch size (matmul kernels
         # round differently for different batch sizes), so one batched guidance forward of [cond; null]
@@ -217,6 +228,13 @@ class SDMUNet(nn.Module):
         for block in self.input_blocks:
             h = block(h, emb, cond)
             skips.append(h)
+        if rows != x_t.shape[0]:
+            # k label maps per x_t row (guidance: [cond; null]): the encoder sees x_t only, so it ran once
+            # on the N rows; its activations are repeated for the k groups of the middle and decoder.
+            groups = rows // x_t.shape[0]
+            h, skips = h.repeat(groups, 1, 1, 1), [s.repeat(groups, 1, 1, 1) for s in skips]
+            if emb.shape[0] > 1:
+                emb = emb.repeat(groups, 1)
         h = self.middle_block(h, emb, cond)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, cond)
