@@ -79,7 +79,7 @@ class ModelConfig:
     # mixed precision comes from train.precision (autocast), not from this flag.
     use_fp16: bool = False
     # Hidden channels of each SPADE norm's shared conv (128 in the paper).
-    spade_hidden: int = _f(128, min=1)
+    spade_hidden: int = _f(32, min=1)
 
     @property
     def out_channels(self) -> int:
@@ -136,10 +136,10 @@ class TrainConfig:
     """Ray-dispatched distributed training."""
 
     phases: list[str] = _f(factory=lambda: ["pretrain", "finetune"], subset_of=("pretrain", "finetune"))
-    pretrain: PhaseConfig = _f(factory=lambda: PhaseConfig(steps=1200, lr=2e-4, drop_rate=0.0))
-    finetune: PhaseConfig = _f(factory=lambda: PhaseConfig(steps=300, lr=1e-4, drop_rate=0.2))
+    pretrain: PhaseConfig = _f(factory=lambda: PhaseConfig(steps=900, lr=2e-4, drop_rate=0.0))
+    finetune: PhaseConfig = _f(factory=lambda: PhaseConfig(steps=200, lr=1e-4, drop_rate=0.2))
     # Global batch, split evenly over workers.
-    batch_size: int = _f(16, min=1)
+    batch_size: int = _f(8, min=1)
     workers: int = _f(2, min=1)
     use_gpu: bool = False
     cpus_per_worker: int = _f(1, min=1)
@@ -165,7 +165,7 @@ class TrainConfig:
 class SegmenterConfig:
     """The compact evaluation segmenter (for mIoU, FSD, feature diversity)."""
 
-    steps: int = _f(600, min=1)
+    steps: int = _f(300, min=1)
     lr: float = _f(2e-3, min=0.0)
     batch_size: int = _f(16, min=1)
     width: int = _f(32, min=4)
