@@ -14,9 +14,6 @@ reader never sees half a checkpoint. Nothing here unpickles.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sdm.atomic import atomic_dir
 from sdm.config.load import ConfigError, from_dict, to_dict
 from sdm.config.schema import Config
 from sdm.nn.unet import ImageSizeError, SDMUNet
@@ -59,25 +57,13 @@ def save_checkpoint(directory: str | Path, model_state: dict[str, torch.Tensor],
     check_state_dict(reference, model_state, "model_state", "config.model")
     if ema_state is not None:
         check_state_dict(reference, ema_state, "ema_state", "config.model")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         save_file(_plain(model_state), str(tmp / MODEL_FILE))
         if ema_state is not None:
             save_file(_plain(ema_state), str(tmp / EMA_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2))
         if meta is not None:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        if directory.exists():
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from sdm.atomic import replace_dir
 from sdm.data.discover import ALL, Item, discover
 from sdm.data.formats import Format, get_format, load_classes
 from sdm.data.manifest import Manifest, write_manifest
@@ -86,15 +87,6 @@ def _fingerprint(digests: dict[str, str]) -> str:
     for rel in sorted(digests):
         h.update(f"{rel}\t{digests[rel]}\n".encode())
     return h.hexdigest()
-
-
-def _place(tmp: Path, out: Path) -> None:
-    """Move the finished temp folder to ``out``, replacing an older output only at the end."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare(
@@ -197,7 +189,7 @@ def prepare(
         write_manifest(manifest, tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        _place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdm.atomic import replace_dir
 from sdm.config import Config, write_resolved
 from sdm.eval import report
 from sdm.eval.checks import EvaluationInputError, check_compatible, check_split
@@ -213,7 +214,7 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
         write_resolved(config, tmp)
         info["mlflow"] = _maybe_log_mlflow(req, meta, metrics, tmp, config, log)
         (tmp / "evaluation.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -274,16 +275,6 @@ def _maybe_log_mlflow(req: EvalRequest, meta: dict, metrics: dict, out: Path, co
         return {"logged": False, "run_id": run_id, "reason": str(e)}
     log(f"logged to MLflow run {run_id} ({uri})")
     return {"logged": True, "run_id": run_id, "tracking_uri": uri}
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{time.time_ns()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
 
 
 def default_device() -> str:

@@ -10,8 +10,6 @@ second ``sdm evaluate`` (or ``train-segmenter``) on the same data reuses it.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file, save_file
 
+from sdm.atomic import atomic_dir
 from sdm.config import Config
 from sdm.eval.cache import cache_root, safe_name, short_hash
 from sdm.eval.segmenter import ARCH, EvalSegNet, Segmenter, SegmenterError, load_torchscript_segmenter
@@ -53,21 +52,9 @@ def cached_segmenter_dir(key: str, config: Config) -> Path:
 def save_segmenter(directory: str | Path, net: EvalSegNet, meta: dict) -> Path:
     """Write weights + JSON into ``directory`` atomically (temp dir, then rename)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{time.time_ns()}")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
