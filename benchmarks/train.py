@@ -7,7 +7,9 @@ the figure is the training step, not PNG decoding. Several workers are
 ``torch.multiprocessing`` processes over gloo (CPU) or nccl (CUDA), each with
 ``--threads`` torch threads: what Ray workers with train.cpus_per_worker do,
 without Ray's start-up (~25 s, paid once per run). img/s is the global batch
-over the median seconds per step after ``--warmup`` steps.
+over the median seconds per step after ``--warmup`` steps; ``cpu s/step`` is
+rank 0's CPU time per step (what a step costs when each worker has its own
+core, whatever else the machine is running).
 
     python benchmarks/train.py                         # toy, 1 and 2 workers, CPU
     python benchmarks/train.py --config ade20k --workers 1 --steps 2 --warmup 1
@@ -22,6 +24,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +58,18 @@ class RandomScenes:
 
 
 class Timings(TrainHooks):
+    """Wall seconds per step (from the loop's log) and rank 0's CPU seconds per step."""
+
     def __init__(self) -> None:
         self.s_per_step: list[float] = []
+        self.cpu_per_step: list[float] = []
+        self._cpu = time.process_time()
 
     def on_log(self, log: StepLog) -> None:
         self.s_per_step.append(log.metrics["s_per_step"])
+        now = time.process_time()
+        self.cpu_per_step.append(now - self._cpu)
+        self._cpu = now
 
 
 def bench_config(name: str, per_worker_batch: int, workers: int, steps: int, warmup: int, precision: str,
@@ -97,7 +107,8 @@ def worker(rank: int, args: argparse.Namespace, root: str, out: str) -> None:
         result = {"config": args.config_now, "workers": args.workers_now, "batch_per_worker": args.batch_now,
                   "threads_per_worker": args.threads, "device": args.device, "precision": args.precision,
                   "checkpointing": args.checkpointing, "s_per_step": s,
-                  "img_per_s": config.train.batch_size / s, "steps_measured": len(measured)}
+                  "img_per_s": config.train.batch_size / s, "steps_measured": len(measured),
+                  "cpu_s_per_step": statistics.median(timings.cpu_per_step[args.warmup:])}
         if cuda:
             result["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         Path(out).write_text(json.dumps(result))
@@ -105,7 +116,31 @@ def worker(rank: int, args: argparse.Namespace, root: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+def memory_needed_gib(args: argparse.Namespace) -> float:
+    """fp32 weights, gradients, AdamW's two moments and the EMA, per worker, plus a third for activations."""
+    from sdm.model import SDMUNet
+
+    config = bench_config(args.config_now, args.batch_now, 1, 1, 1, args.precision, args.checkpointing)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in SDMUNet(config.model).parameters())
+    return params * 4 * 5 * 1.33 / 2**30
+
+
+def memory_available_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    if args.device == "cpu":
+        need, have = memory_needed_gib(args) * args.workers_now, memory_available_gib()
+        if have is not None and need > have:
+            return {"skipped": f"needs ~{need:.0f} GiB RAM, {have:.0f} GiB available"}
     with tempfile.TemporaryDirectory(prefix="sdm-bench-train-") as root:
         out = os.path.join(root, "result.json")
         if args.workers_now == 1:
@@ -128,15 +163,20 @@ def main() -> int:
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (model.use_checkpoint)")
     args = p.parse_args()
     configs = ["toy", "ade20k"] if args.config == "all" else [args.config]
-    print(f"{'config':8} {'workers':>7} {'batch/w':>7} {'threads':>7} {'img/s':>8} {'s/step':>8} {'peak GiB':>8}")
+    print(f"{'config':8} {'workers':>7} {'batch/w':>7} {'threads':>7} {'img/s':>8} {'s/step':>8} "
+          f"{'cpu s/step':>10} {'peak GiB':>8}")
     for name in configs:
         for workers in [int(w) for w in args.workers.split(",")]:
             args.config_now, args.workers_now = name, workers
             args.batch_now = args.batch or (8 if name == "toy" else 1)
             r = run_one(args)
+            if "skipped" in r:
+                print(f"{name:8} {workers:>7} {args.batch_now:>7} {args.threads:>7}  skipped: {r['skipped']}",
+                      flush=True)
+                continue
             peak = f"{r['peak_mem_gib']:.2f}" if "peak_mem_gib" in r else "-"
             print(f"{name:8} {workers:>7} {r['batch_per_worker']:>7} {args.threads:>7} {r['img_per_s']:>8.2f} "
-                  f"{r['s_per_step']:>8.3f} {peak:>8}", flush=True)
+                  f"{r['s_per_step']:>8.3f} {r['cpu_s_per_step']:>10.3f} {peak:>8}", flush=True)
     return 0
 
 

@@ -131,7 +131,9 @@ def train(
     for note in pre.notes:
         say(f"[train] note: {note}")
     where = "this process" if local else f"{workers} Ray worker(s){' with GPUs' if use_gpu else ''}"
-    say(f"[train] run {run_name}: {' + '.join(phases)} on {where}; run dir {run_dir}"
+    steps = {p: getattr(config.train, p).steps for p in phases}
+    planned = " + ".join(f"{p} {n} steps" for p, n in steps.items() if n)
+    say(f"[train] run {run_name}: {planned} on {where}; run dir {run_dir}"
         + (f"; resuming from {pre.resume.name}" if pre.resume else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_resolved(config, run_dir, "config.yaml")
