@@ -41,6 +41,8 @@ OFFICIAL_CHANNEL_MULT: dict[int, list[float]] = {
     64: [1, 2, 3, 4],
 }
 
+OFFICIAL_SPADE_HIDDEN = 128
+
 # Datasets the official code trains at a non-square size: height = size * ratio.
 OFFICIAL_HEIGHT_RATIO: dict[str, float] = {"cityscapes": 0.5}
 
@@ -86,6 +88,8 @@ def model_config_from_official_args(mapping: dict[str, Any]) -> ModelConfig:
             "learn_sigma": _flag_bool(a["learn_sigma"]),
             "use_checkpoint": _flag_bool(a["use_checkpoint"]),
             "use_fp16": _flag_bool(a["use_fp16"]),
+            # The official SPADE always has 128 hidden channels (no flag for it).
+            "spade_hidden": OFFICIAL_SPADE_HIDDEN,
         },
         ModelConfig,
         "model",
