@@ -7,7 +7,8 @@ the repetitions:
 
 - plain step: ``sample_loop(..., batched_cfg=False, use_spade_cache=False)``'s
   work per step = the model on [x; label] and on [x; null], batch N each;
-- our step: one forward of [x; x] on [label; null] (batch 2N) with the SPADE cache;
+- our step: one forward of x on [label; null] with the SPADE cache (the encoder, which never sees
+  the label map, on the N rows; middle and decoder on 2N);
 - cache: building that cache once per sampling call (for [label; null]).
 
 Seconds per image for S steps follow from these: plain S * step / N, ours
@@ -16,13 +17,18 @@ Seconds per image for S steps follow from these: plain S * step / N, ours
 
 Configurations (random weights; the time does not depend on their values):
 - toy: ``resolve(preset="toy")`` (32x32, 12 classes + edges, 32 channels, mult 1,2,2);
-- toy64: toy at 64x64 with model_channels 64, channel_mult 1,2,3,4;
+- toy64: toy at 64x64 with model_channels 64, channel_mult 1,2,3,4 (label-map convs: 28% of a forward's FLOPs);
+- toy64-ade: toy at 64x64 (model_channels 32, channel_mult 1,2,2, attention at 16) with ADE20K's 151
+  classes and no instance channel (label-map convs: 66% of the FLOPs);
 - ade20k: ``resolve(preset="ade20k")``, the paper's config (256x256, 151
   classes, 256 channels, mult 1,1,2,2,4,4, attention at 32,16,8), in float32
   (``use_fp16`` is a GPU setting).
 
-Usage: python benchmarks/sampling.py [--configs toy,toy64,ade20k] [--batch 1] [--repeats 3]
-       [--steps-measured 2] [--steps 25] [--full toy,toy64] [--threads N] [--clock wall|cpu]
+Each line also gives the conv GFLOP of a plain and of our guided step: their ratio is the speed-up
+the exact optimisations can reach at best when time follows FLOPs.
+
+Usage: python benchmarks/sampling.py [--configs toy,toy64,toy64-ade,ade20k] [--batch 1] [--repeats 3]
+       [--steps-measured 2] [--steps 25] [--full toy,toy64,toy64-ade] [--threads N] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,9 +56,30 @@ CONFIGS = {
     "toy": ("toy", []),
     "toy64": ("toy", ["model.image_size=[64,64]", "data.image_size=[64,64]", "model.model_channels=64",
                       "model.channel_mult=[1,2,3,4]"]),
+    "toy64-ade": ("toy", ["model.image_size=[64,64]", "data.image_size=[64,64]", "model.attention_resolutions=[16]",
+                          "model.num_classes=151", "model.use_instance=false"]),
     "ade20k": ("ade20k", ["model.use_fp16=false", "model.use_checkpoint=false"]),
 }
 GUIDANCE = 1.5
+
+
+@torch.no_grad()
+def conv_gflop(fn) -> float:
+    """GFLOP (2 per multiply-add) of every 2-D convolution ``fn()`` runs: the bulk of the U-Net's work."""
+    original = F.conv2d
+    total = [0]
+
+    def counting(inp, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        out = original(inp, weight, bias, stride, padding, dilation, groups)
+        total[0] += 2 * out.numel() * weight[0].numel()
+        return out
+
+    F.conv2d = counting
+    try:
+        fn()
+    finally:
+        F.conv2d = original
+    return total[0] / 1e9
 
 
 def build(name: str, batch: int) -> tuple[Config, SDMUNet, torch.Tensor]:
@@ -83,6 +111,10 @@ def measure_steps(model: SDMUNet, segmap: torch.Tensor, repeats: int, steps: int
     plain(x, ts[0])  # warm-up (allocator, kernel selection)
     GuidedDenoiser(model, segmap, GUIDANCE)(x, ts[0])
     best = {"plain_step": float("inf"), "our_step": float("inf"), "cache": float("inf")}
+    best["plain_gflop"] = conv_gflop(lambda: plain(x, ts[0]))
+    best["our_gflop"] = conv_gflop(lambda: GuidedDenoiser(model, segmap, GUIDANCE)(x, ts[0]))
+    best["cache_gflop"] = conv_gflop(lambda: GuidedDenoiser(model, segmap, GUIDANCE))
+    best["our_gflop"] -= best["cache_gflop"]
     for r in range(repeats):
         start = CLOCK()
         ours = GuidedDenoiser(model, segmap, GUIDANCE)  # builds the SPADE cache
@@ -113,12 +145,12 @@ def measure_full(cfg: Config, model: SDMUNet, segmap: torch.Tensor, steps: int, 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", default="toy,toy64,ade20k")
+    ap.add_argument("--configs", default="toy,toy64,toy64-ade,ade20k")
     ap.add_argument("--batch", type=int, default=1, help="label maps per sampling call (N)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps-measured", type=int, default=2, help="guided steps timed per repetition")
     ap.add_argument("--steps", type=int, default=25, help="S for seconds per image (sample.steps default)")
-    ap.add_argument("--full", default="toy,toy64", help="configs also timed as whole sample_loop calls")
+    ap.add_argument("--full", default="toy,toy64,toy64-ade", help="configs also timed as whole sample_loop calls")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or this process's CPU time (with --threads 1: robust to other jobs on a "
@@ -147,8 +179,11 @@ def main() -> int:
             r.update(measure_full(cfg, model, segmap, s, args.repeats))
             r["full_speedup"] = r["plain_full"] / r["our_full"]
         results[name] = r
+        r["flop_ceiling"] = r["plain_gflop"] / r["our_gflop"]
         line = (f"{name}: per guided step plain {r['plain_step']:.4f} s, ours {r['our_step']:.4f} s "
-                f"({r['step_speedup']:.2f}x); cache {r['cache']:.4f} s; per image at {s} steps plain "
+                f"({r['step_speedup']:.2f}x; conv GFLOP {r['plain_gflop']:.2f} vs {r['our_gflop']:.2f}: "
+                f"{r['flop_ceiling']:.2f}x); cache {r['cache']:.4f} s ({r['cache_gflop']:.2f} GFLOP); "
+                f"per image at {s} steps plain "
                 f"{r['plain_per_image']:.3f} s, ours {r['our_per_image']:.3f} s ({r['image_speedup']:.2f}x)")
         if "full_speedup" in r:
             line += (f"; whole sample_loop ({s} dpmpp steps, batch {n}) plain {r['plain_full']:.3f} s, "

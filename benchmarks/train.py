@@ -175,7 +175,7 @@ def main() -> int:
                       flush=True)
                 continue
             peak = f"{r['peak_mem_gib']:.2f}" if "peak_mem_gib" in r else "-"
-            print(f"{name:8} {workers:>7} {r['batch_per_worker']:>7} {args.threads:>7} {r['img_per_s']:>8.2f} "
+            print(f"{name:8} {workers:>7} {r['batch_per_worker']:>7} {args.threads:>7} {r['img_per_s']:>8.3g} "
                   f"{r['s_per_step']:>8.3f} {r['cpu_s_per_step']:>10.3f} {peak:>8}", flush=True)
     return 0
 

@@ -95,3 +95,23 @@ def test_cli_prints_one_message_and_exits_2(prepared, tmp_path):
     assert result.exit_code == 2
     assert "error:" in result.output and "model.num_classes is 3" in result.output
     assert "Traceback" not in result.output
+
+
+def test_resume_notes_a_data_change_but_not_a_code_commit(prepared, tmp_path):
+    from sdm.data.version import data_version
+    from sdm.train.preflight import preflight
+
+    cfg = tiny_config(prepared, tmp_path)
+    now = data_version(prepared)
+    data_part, _, commit = now.partition("@")
+
+    def notes_for(saved_version: str) -> list[str]:
+        write_train_state(tmp_path / "r" / "checkpoint-pretrain-0000003",
+                          TrainState(phase="pretrain", phase_index=0, step=3, phase_steps=6, model={}, ema={},
+                                     ema_updates=3, optimizer=None, config=to_dict(cfg),
+                                     data_version=saved_version))
+        return preflight(cfg, tmp_path / "r", workers=1, phases=["pretrain"]).notes
+
+    assert notes_for(f"{data_part}@{'0' * 12}") == []  # same data, another code commit
+    changed = notes_for(f"dvc:ffffffffffff@{commit}")
+    assert len(changed) == 1 and "the data changed" in changed[0] and now in changed[0]

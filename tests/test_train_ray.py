@@ -41,6 +41,9 @@ def test_two_worker_run_trains_both_phases_and_exports(plain_run):
     result, lines = plain_run
     meta = read_checkpoint_meta(result.final_dir)
     assert meta["step"] == 10 and meta["world_size"] == 2 and len(meta["class_names"]) == 12
+    from sdm.registry.lineage import git_commit
+
+    assert meta["git_commit"] == git_commit()  # the code that trained it (lineage.train_git_commit)
     events = read_run_log(result.run_dir)
     assert [e["global_step"] for e in events if e["event"] == "log"] == [2, 4, 6, 8, 10]
     assert [e["path"].rsplit("/", 1)[-1] for e in events if e["event"] == "checkpoint"] == [

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdm.config import Config, ConfigError, to_dict, write_resolved
+from sdm.registry.lineage import git_commit
 from sdm.train.hooks import HookList, TrainHooks
 from sdm.train.phases import resolve_phases
 from sdm.train.preflight import Preflight, preflight
@@ -148,7 +149,7 @@ def train(
         hooks.append(MlflowLogger(client, run_id))
         say(f"[train] MLflow run {run_id}{' (continued)' if resumed else ''}")
     meta = {"run_name": run_name, "class_names": pre.manifest.class_names, "palette": pre.manifest.palette,
-            "mlflow_run_id": run_id, "data_version": pre.data_version}
+            "mlflow_run_id": run_id, "data_version": pre.data_version, "git_commit": git_commit()}
     payload = build_payload(config, run_dir, phases, pre, init_path, meta)
 
     ok = False

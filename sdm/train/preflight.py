@@ -101,6 +101,11 @@ def check_init_from(config: Config, init_from: Path) -> None:
                              f"({_format_diff(diff, 'checkpoint', 'this run')})")
 
 
+def _data_part(version: str) -> str:
+    """``"dvc:<hash>@<commit>"`` -> ``"dvc:<hash>"``: the part that names the data."""
+    return version.split("@", 1)[0]
+
+
 def preflight(config: Config, run_dir: Path, *, workers: int, phases: list[str],
               init_from: Path | None = None) -> Preflight:
     """Run every check; returns what the launch needs (manifest, data version, resume point)."""
@@ -114,7 +119,8 @@ def preflight(config: Config, run_dir: Path, *, workers: int, phases: list[str],
     resume, meta = check_resume(config, run_dir)
     notes: list[str] = []
     if resume is not None and meta is not None:
-        if meta.get("data_version") and meta["data_version"] != version:
+        # The version string ends in "@<git commit>": a new code commit alone is not a data change.
+        if meta.get("data_version") and _data_part(meta["data_version"]) != _data_part(version):
             notes.append(f"the data changed since {resume.name} (data version {meta['data_version']} -> {version})")
         old_batch = meta["config"].get("train", {}).get("batch_size")
         if old_batch != config.train.batch_size:
