@@ -9,7 +9,7 @@ from _diffusion_stand_ins import GaussianDataModel, TinySpadeNet, random_segmap
 from sdm.config.schema import DiffusionConfig
 from sdm.diffusion import GaussianDiffusion, classifier_free_guidance, sample_loop, space_timesteps
 
-SAMPLERS = ["ddpm", "ddim", "dpmpp"]
+SAMPLERS = ["ddpm", "ddim", "dpmpp", "dpmpp-sde"]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,8 @@ def test_guidance_one_equals_the_conditional_model_alone(diffusion: GaussianDiff
 
 # -- determinism and seeding ---------------------------------------------------
 
-@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp", 0.0)])
+@pytest.mark.parametrize("sampler,eta",
+                         [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp", 0.0), ("dpmpp-sde", 0.0)])
 def test_same_seed_same_images(diffusion: GaussianDiffusion, sampler: str, eta: float) -> None:
     net = _net()
     seg = random_segmap(2, 5, 8, 8)
@@ -141,12 +142,13 @@ def test_deterministic_samplers_depend_only_on_x_T(diffusion: GaussianDiffusion,
     assert torch.equal(a, b)
 
 
-def test_ddpm_uses_fresh_noise_each_step(diffusion: GaussianDiffusion) -> None:
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp-sde"])
+def test_stochastic_samplers_use_fresh_noise_each_step(diffusion: GaussianDiffusion, sampler: str) -> None:
     net = _net()
     seg = random_segmap(1, 5, 8, 8)
     x_T = torch.randn(1, 3, 8, 8, generator=_gen(5))
-    a = sample_loop(net, diffusion, seg, sampler="ddpm", steps=6, noise=x_T, generator=_gen(1))
-    b = sample_loop(net, diffusion, seg, sampler="ddpm", steps=6, noise=x_T, generator=_gen(2))
+    a = sample_loop(net, diffusion, seg, sampler=sampler, steps=6, noise=x_T, generator=_gen(1))
+    b = sample_loop(net, diffusion, seg, sampler=sampler, steps=6, noise=x_T, generator=_gen(2))
     assert (a - b).abs().max() > 1e-3
 
 
@@ -175,6 +177,44 @@ def test_dpmpp_two_steps_is_ddim(diffusion: GaussianDiffusion) -> None:
     a = sample_loop(net, diffusion, seg, sampler="dpmpp", steps=2, noise=x_T)
     b = sample_loop(net, diffusion, seg, sampler="ddim", steps=2, eta=0.0, noise=x_T)
     assert (a - b).abs().max() <= 1e-5
+
+
+def test_dpmpp_sde_two_steps_is_ddim_eta_one(diffusion: GaussianDiffusion) -> None:
+    """SDE-DPM-Solver++'s first-order step is DDIM with eta = 1 (the same noise draw), its last the x_0 prediction."""
+    net = _net(4)
+    seg = random_segmap(2, 5, 8, 8)
+    x_T = torch.randn(2, 3, 8, 8, generator=_gen(9))
+    a = sample_loop(net, diffusion, seg, sampler="dpmpp-sde", steps=2, noise=x_T, generator=_gen(3))
+    b = sample_loop(net, diffusion, seg, sampler="ddim", steps=2, eta=1.0, noise=x_T, generator=_gen(3))
+    assert (a - b).abs().max() <= 1e-5
+    c = sample_loop(net, diffusion, seg, sampler="ddim", steps=2, eta=0.0, noise=x_T, generator=_gen(3))
+    assert (a - c).abs().max() > 1e-3  # the noise it injects matters
+
+
+def test_dpmpp_sde_samples_the_data_distribution_at_second_order(diffusion: GaussianDiffusion) -> None:
+    """With the exact denoiser, SDE-DPM-Solver++(2M) reaches N(mu, std^2) in 50 steps; first-order DDIM(eta=1) lags.
+
+    The spread is what few-step samplers get wrong (the last steps denoise by E[x_0 | x_t], which shrinks
+    it); the mean is right at any step count.
+    """
+    mu, std = 0.2, 0.3
+    model = GaussianDataModel(diffusion, mu, std)
+    seg = torch.zeros(4000, 1, 1, 1)
+
+    def moments(sampler: str, steps: int, eta: float) -> tuple[float, float]:
+        x0 = sample_loop(model, diffusion, seg, sampler=sampler, steps=steps, guidance_scale=1.0, eta=eta,
+                         generator=_gen(0), use_spade_cache=False, clip_denoised=False)
+        return float(x0.mean()), abs(float(x0.std()) - std)
+
+    sde = {k: moments("dpmpp-sde", k, 0.0) for k in (25, 50)}
+    ddim = {k: moments("ddim", k, 1.0) for k in (25, 50)}
+    for mean, _ in (*sde.values(), *ddim.values()):
+        assert mean == pytest.approx(mu, abs=0.01)
+    assert sde[50][1] < 0.01 * 2  # std within 0.02 of 0.3
+    for k in (25, 50):
+        assert sde[k][1] < ddim[k][1]
+    # Second order: doubling the steps cuts the spread error by far more than first order's.
+    assert sde[25][1] / sde[50][1] > 3 > ddim[25][1] / ddim[50][1]
 
 
 def test_ode_samplers_converge_and_dpmpp_is_higher_order(diffusion: GaussianDiffusion) -> None:
@@ -224,3 +264,11 @@ def test_bad_arguments(diffusion: GaussianDiffusion) -> None:
         sample_loop(_net(), diffusion, seg, noise=torch.zeros(2, 3, 8, 8))
     with pytest.raises(TypeError, match="has no spade_cache"):
         sample_loop(torch.nn.Identity(), diffusion, seg)
+
+
+def test_config_knows_every_sampler() -> None:
+    """The config's choices (kept torch-free) are exactly the samplers sample_loop runs."""
+    from sdm.config.schema import SAMPLER_NAMES
+    from sdm.diffusion.samplers import SAMPLERS as REGISTRY
+
+    assert tuple(REGISTRY) == SAMPLER_NAMES

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _model_helpers import make_toy_model, perturbed, toy_config
 
 from sdm.conditioning import make_segmap
-from sdm.config import resolve
 from sdm.config.schema import Config, ModelConfig
 from sdm.diffusion import GaussianDiffusion, sample_loop
 from sdm.diffusion.denoiser import GuidedDenoiser
@@ -15,25 +15,14 @@ from sdm.model import SDMUNet
 PATHS = [(True, True), (True, False), (False, True)]  # (batched_cfg, use_spade_cache); plain is (False, False)
 
 
-def _perturbed(model: SDMUNet, seed: int = 0) -> SDMUNet:
-    """Random weights in the zero-initialised output convs too, so every path matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.abs().sum():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def toy() -> Config:
-    return resolve(preset="toy", params=None)
+    return toy_config()
 
 
-@pytest.fixture(scope="module")
-def toy_model(toy: Config) -> SDMUNet:
-    torch.manual_seed(0)
-    return _perturbed(SDMUNet(toy.model))
+@pytest.fixture(scope="module", name="toy_model")
+def _toy_model(toy: Config) -> SDMUNet:
+    return make_toy_model(toy)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +57,7 @@ def test_each_guided_step_matches(toy: Config, toy_model: SDMUNet, n: int) -> No
                 assert (den(x_t, tt) - ref).abs().max() <= 1e-5, (t, path)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp", "dpmpp-sde"])
 def test_fast_path_gives_the_plain_images_fp32(toy: Config, toy_model: SDMUNet, diffusion: GaussianDiffusion,
                                                sampler: str) -> None:
     """Whole sampling runs in fp32: our path (one batched forward, cached SPADE) vs the official two passes.
@@ -92,7 +81,7 @@ def test_fast_path_gives_the_plain_images_fp32(toy: Config, toy_model: SDMUNet, 
     assert (unguided - plain).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp", "dpmpp-sde"])
 def test_every_path_agrees_in_float64(toy: Config, toy_model: SDMUNet, diffusion: GaussianDiffusion,
                                       sampler: str) -> None:
     """In float64 kernel rounding is negligible: any disagreement would be a logic error (rows, cache, order)."""
@@ -112,7 +101,7 @@ def test_non_square_model(toy: Config, diffusion: GaussianDiffusion) -> None:
     cfg = ModelConfig(image_size=[16, 32], num_classes=4, use_instance=False, model_channels=32,
                       channel_mult=[1.0, 2.0], attention_resolutions=[16], num_heads=1, spade_hidden=16)
     torch.manual_seed(0)
-    model = _perturbed(SDMUNet(cfg))
+    model = perturbed(SDMUNet(cfg))
     segmap = _segmap(cfg, 2)
     fast = _sample(model, diffusion, segmap, True, True, sampler="ddim", steps=3)
     plain = _sample(model, diffusion, segmap, False, False, sampler="ddim", steps=3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _model_helpers import make_toy_model, toy_config
 
 from sdm.conditioning import make_segmap
 from sdm.config import resolve
@@ -14,25 +15,14 @@ from sdm.model import SDMUNet
 from sdm.sampling import SampleInputError, generate
 
 
-def _perturbed(model: SDMUNet, seed: int = 0) -> SDMUNet:
-    """Random weights in the zero-initialised output convs too, so every path matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.abs().sum():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def toy() -> Config:
-    return resolve(preset="toy", params=None)
+    return toy_config()
 
 
-@pytest.fixture(scope="module")
-def toy_model(toy: Config) -> SDMUNet:
-    torch.manual_seed(0)
-    return _perturbed(SDMUNet(toy.model))
+@pytest.fixture(scope="module", name="toy_model")
+def _toy_model(toy: Config) -> SDMUNet:
+    return make_toy_model(toy)
 
 
 def _labels(config: Config, n: int, seed: int = 0) -> torch.Tensor:

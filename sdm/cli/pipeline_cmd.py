@@ -5,7 +5,6 @@ Prefect is imported only inside these commands: the library itself never imports
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -48,8 +47,12 @@ def run(
     typer.echo(f"  data version : {result['data_version']}" + (" (unchanged)" if result["data_cached"] else ""))
     typer.echo(f"  checkpoint   : {result['checkpoint']}")
     typer.echo(f"  model        : models:/{reg['name']}/{reg['version']}  aliases: {', '.join(reg['aliases'])}")
-    typer.echo(f"  promotion    : {reg['decision']} {reg.get('reason', '')}")
-    typer.echo(f"  metrics      : {json.dumps(metrics, sort_keys=True)}")
+    reason = f" ({reg['reason']})" if reg.get("reason") else ""
+    typer.echo(f"  promotion    : {reg['decision']}{reason}")
+    typer.echo("  metrics      :")
+    for key in sorted(metrics):
+        value = metrics[key]
+        typer.echo(f"    {key:<24} {value:.4g}" if isinstance(value, float) else f"    {key:<24} {value}")
     typer.echo("Look at it:")
     if result["grid"]:
         typer.echo(f"  sample grid  : {result['grid']}")

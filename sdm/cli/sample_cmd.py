@@ -1,7 +1,7 @@
 """``sdm sample``: label PNGs in, one sampled image per label map + a grid out.
 
     sdm sample --checkpoint DIR | --model models:/NAME@ALIAS --labels FILE_OR_DIR --out DIR [--guidance 1.5]
-               [--sampler ddpm|ddim|dpmpp] [--steps N] [--seed S] [--batch-size B]
+               [--sampler ddpm|ddim|dpmpp|dpmpp-sde] [--steps N] [--seed S] [--batch-size B]
                [--instances FILE_OR_DIR]
 
 The model and diffusion settings come from the checkpoint's config.json; the
@@ -87,7 +87,7 @@ def sample(
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale s "
                                                    "(1 = conditional only; default sample.guidance_scale).")] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help="ddpm, ddim or dpmpp (default "
+    sampler: Annotated[str | None, typer.Option("--sampler", help="ddpm, ddim, dpmpp or dpmpp-sde (default "
                                                 "sample.sampler).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (default sample.steps).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed; sample i uses seed + i (default "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
+from sdm.config.schema import SAMPLER_NAMES as SAMPLERS
 
 
 class SweepSpecError(ValueError):
