@@ -2,8 +2,7 @@
 
 from sdm.diffusion.samplers.ddim import ddim_sample
 from sdm.diffusion.samplers.ddpm import ddpm_sample
-from sdm.diffusion.samplers.dpmpp import dpmpp_2m_sample
-from sdm.diffusion.samplers.dpmpp_sde import dpmpp_2m_sde_sample
+from sdm.diffusion.samplers.dpmpp import dpmpp_2m_sample, dpmpp_2m_sde_sample
 
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpmpp": dpmpp_2m_sample, "dpmpp-sde": dpmpp_2m_sde_sample}
 
