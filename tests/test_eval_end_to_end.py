@@ -45,7 +45,7 @@ def test_evaluate_end_to_end_with_mlflow(prepared: Path, tmp_path: Path, mlflow_
     client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
     run_id = client.create_run(client.create_experiment("train")).info.run_id
     client.set_terminated(run_id)
-    cfg = tiny_config("evaluate.guidance_scales=[1.0,1.5]", "evaluate.steps_sweep=['ddim:3','dpmpp:2']")
+    cfg = tiny_config("evaluate.guidance_scales=[1.0,1.5]", "evaluate.steps_sweep=['ddim:3','dpmpp-sde:2']")
     ckpt = make_checkpoint(tmp_path / "ckpt", cfg, meta={"mlflow_run_id": run_id})
     out = tmp_path / "eval"
     doc = run_evaluation(EvalRequest(checkpoint=ckpt, data=prepared, out=out, steps_sweep=True), cfg, log=print)
@@ -59,10 +59,11 @@ def test_evaluate_end_to_end_with_mlflow(prepared: Path, tmp_path: Path, mlflow_
         assert 0.0 <= values[f"miou@{g}"] <= 1.0 and values[f"fsd@{g}"] >= 0.0
         # No Inception weights: FID is a reason, never a number.
         assert f"fid@{g}" not in values and "SDM_INCEPTION_WEIGHTS" in doc["skipped"][f"fid@{g}"]
-    for pair in ("ddim:3", "dpmpp:2"):
+    for pair in ("ddim:3", "dpmpp-sde:2"):
         assert np.isfinite(values[f"steps/{pair}/miou"]) and values[f"steps/{pair}/seconds_per_image"] > 0
-    # dpmpp:2 at guidance 1.5 is the guidance run's own setting: scored once, reported in both places.
-    assert values["steps/dpmpp:2/fsd"] == values["fsd@1.5"]
+    # dpmpp-sde:2 at guidance 1.5 is the guidance run's own setting (the default sampler): scored once,
+    # reported in both places.
+    assert values["steps/dpmpp-sde:2/fsd"] == values["fsd@1.5"]
     assert 0.0 <= values["segmenter_miou_real"] <= 1.0 and values["num_images"] == 4 and values["repeats"] == 2
     assert doc["primary_metric"] == "fsd@1.5" and "lpips" in doc["skipped"]
 
