@@ -1,4 +1,4 @@
-"""Shared fixtures: the quiet/offline env, temp homes for Prefect, MLflow and DVC.
+"""Shared fixtures: the quiet/offline env, temp homes for Prefect, MLflow, DVC and sdm's cache.
 
 Expensive set-ups are paid once per session: the MLflow sqlite migration
 (copied per test) and the Prefect test harness (only for flow tests).
@@ -22,6 +22,8 @@ apply_quiet_offline_env()
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="sdm-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ["DVC_SITE_CACHE_DIR"] = str(_SESSION_HOME / "dvc-site-cache")
+# Evaluation segmenters are cached per data version: never in (or from) the user's ~/.cache/sdm.
+os.environ["SDM_CACHE_DIR"] = str(_SESSION_HOME / "sdm-cache")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
