@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from sdm.config import Config, ConfigError, dump_yaml, resolve
+from sdm.config.schema import SAMPLER_NAMES
 
 PresetOpt = Annotated[
     str | None, typer.Option("--preset", help="Named settings: toy, ade20k, cityscapes, celebamask-hq, coco-stuff.")
@@ -21,6 +22,8 @@ SetOpt = Annotated[
 ]
 ParamsOpt = Annotated[Path, typer.Option("--params", help="The params file to read.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")]
+# For --sampler help texts: the names config validation accepts.
+SAMPLER_CHOICES = ", ".join(SAMPLER_NAMES)
 
 
 class UserError(Exception):

@@ -13,7 +13,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
+from sdm.cli.common import (
+    SAMPLER_CHOICES,
+    DryRunOpt,
+    ParamsOpt,
+    PresetOpt,
+    SetOpt,
+    UserError,
+    dry_run_exit,
+    load_config,
+    user_errors,
+)
 
 T = TypeVar("T")
 
@@ -62,7 +72,7 @@ def evaluate(
     split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default evaluate.split).")] = None,
     guidance: Annotated[str | None, typer.Option("--guidance", help="Guidance scale(s), e.g. 1.5 or "
                                                  "1.0,1.5,2.0.")] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help="ddpm, ddim, dpmpp or dpmpp-sde.")] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help=f"One of {SAMPLER_CHOICES}.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps.")] = None,
     num_samples: Annotated[int | None, typer.Option("--num-samples", help="Label maps to use (0 = the whole "
                                                     "split).")] = None,

@@ -21,7 +21,17 @@ from typing import Annotated, Any
 
 import typer
 
-from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
+from sdm.cli.common import (
+    SAMPLER_CHOICES,
+    DryRunOpt,
+    ParamsOpt,
+    PresetOpt,
+    SetOpt,
+    UserError,
+    dry_run_exit,
+    load_config,
+    user_errors,
+)
 from sdm.cli.model_source import MODEL_HELP, checkpoint_source
 from sdm.config import Config, write_resolved
 
@@ -87,7 +97,7 @@ def sample(
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale s "
                                                    "(1 = conditional only; default sample.guidance_scale).")] = None,
-    sampler: Annotated[str | None, typer.Option("--sampler", help="ddpm, ddim, dpmpp or dpmpp-sde (default "
+    sampler: Annotated[str | None, typer.Option("--sampler", help=f"One of {SAMPLER_CHOICES} (default "
                                                 "sample.sampler).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (default sample.steps).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed; sample i uses seed + i (default "

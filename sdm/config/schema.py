@@ -185,9 +185,7 @@ class EvaluateConfig:
 
     split: str = "val"
     guidance_scales: list[float] = _f(factory=lambda: [1.0, 1.5])
-    # The stochastic solver: at 25 steps it keeps DDPM-1000's semantic consistency where the deterministic
-    # ones lose some (benchmarks/RESULTS.md, steps sweep).
-    sampler: str = _f("dpmpp-sde", choices=SAMPLER_NAMES)
+    sampler: str = _f("dpmpp-sde", choices=SAMPLER_NAMES)  # as SampleConfig.sampler
     steps: int = _f(25, min=1)
     num_samples: int = _f(0, min=0)  # 0 = the whole split
     repeats: int = _f(2, min=1)

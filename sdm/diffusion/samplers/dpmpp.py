@@ -33,7 +33,7 @@ from torch import Tensor
 from sdm.diffusion.gaussian import GaussianDiffusion
 
 
-def _dpmpp_2m(sde: bool, doc: str) -> Callable[..., Tensor]:
+def _dpmpp_2m(sde: bool, name: str, doc: str) -> Callable[..., Tensor]:
     """The sampler function of one form (the two differ only in the update)."""
 
     def sample(
@@ -73,13 +73,16 @@ def _dpmpp_2m(sde: bool, doc: str) -> Callable[..., Tensor]:
             d_prev, h_prev = d, h
         return x
 
+    sample.__name__ = sample.__qualname__ = name
     sample.__doc__ = doc
     return sample
 
 
 dpmpp_2m_sample = _dpmpp_2m(
-    False, "Denoise x_T [N, 3, H, W] through the process indices (descending); deterministic (no noise, eta unused)."
+    False, "dpmpp_2m_sample",
+    "Denoise x_T [N, 3, H, W] through the process indices (descending); deterministic (no noise, eta unused)."
 )
 dpmpp_2m_sde_sample = _dpmpp_2m(
-    True, "Denoise x_T [N, 3, H, W] through the process indices (descending); fresh noise each step (eta unused)."
+    True, "dpmpp_2m_sde_sample",
+    "Denoise x_T [N, 3, H, W] through the process indices (descending); fresh noise each step (eta unused)."
 )
