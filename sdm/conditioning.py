@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from sdm.config.schema import ModelConfig
+from sdm.errors import InputError
 
 
-class LabelRangeError(ValueError):
+class LabelRangeError(InputError):
     """A label value outside 0..num_classes-1."""
 
 

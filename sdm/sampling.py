@@ -15,9 +15,10 @@ import torch
 from sdm.conditioning import make_segmap
 from sdm.config.schema import Config
 from sdm.diffusion import GaussianDiffusion, sample_loop
+from sdm.errors import InputError
 
 
-class SampleInputError(ValueError):
+class SampleInputError(InputError):
     """Label or instance maps that cannot be sampled from; the message names the map, the value and the expectation."""
 
 

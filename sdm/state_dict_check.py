@@ -7,8 +7,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from sdm.errors import InputError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(InputError):
     """Weights that do not fit the configured model, or a checkpoint file that cannot be read."""
 
 

@@ -19,11 +19,12 @@ from typing import Any
 import yaml
 
 from sdm.config.schema import Config
+from sdm.errors import InputError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration problem; the message names the file or key path."""
 
 

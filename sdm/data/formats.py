@@ -21,12 +21,13 @@ from types import MappingProxyType
 from typing import Any
 
 from sdm.data.palette import distinct_palette
+from sdm.errors import InputError
 
 CLASSES_DIR = Path(__file__).parent / "classes"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class FormatError(ValueError):
+class FormatError(InputError):
     """An unknown format, or a source whose class list is missing or malformed."""
 
 

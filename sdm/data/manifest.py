@@ -12,12 +12,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from sdm.errors import InputError
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 
 
-class ManifestError(FileNotFoundError):
+class ManifestError(InputError, FileNotFoundError):
     """A prepared dataset is missing or unreadable; the message says which command makes it."""
 
 

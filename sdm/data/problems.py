@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from sdm.errors import InputError
 
 # Kinds that are about one example (they can be skipped with --on-error skip);
 # anything else (a missing folder or class list) stops preparation outright.
@@ -31,7 +32,7 @@ class Problem:
         return asdict(self)
 
 
-class DataProblemsError(ValueError):
+class DataProblemsError(InputError):
     """The source has problems and --on-error is fail: nothing was written."""
 
     def __init__(self, source: str, problems: list[Problem], hint: str = ""):

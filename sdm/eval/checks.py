@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from sdm.config import Config
+from sdm.errors import InputError
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(InputError):
     """Checkpoint, data or settings that cannot be evaluated together; the message says which and why."""
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sdm.errors import InputError
 
-class FeatureStatsError(ValueError):
+
+class FeatureStatsError(InputError):
     """Features that cannot give a mean and covariance (too few rows, NaNs, wrong shape)."""
 
 

@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdm.errors import InputError
+
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_INPUT_SIZE = 299
 FID_FEATURE_DIM = 2048
 
 
-class InceptionWeightsError(ValueError):
+class InceptionWeightsError(InputError):
     """The Inception weights file is unreadable or does not match the FID network."""
 
 

@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdm.errors import InputError
+
 ARCH = "sdm-evalsegnet-v1"
 
 
-class SegmenterError(ValueError):
+class SegmenterError(InputError):
     """A segmenter that cannot be loaded or does not fit the data."""
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from sdm.config.schema import SAMPLER_NAMES as SAMPLERS
+from sdm.errors import InputError
 
 
-class SweepSpecError(ValueError):
+class SweepSpecError(InputError):
     """A guidance list or ``sampler:steps`` pair that cannot be parsed."""
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from sdm.config.load import ConfigError
 from sdm.config.schema import ModelConfig
+from sdm.errors import InputError
 from sdm.nn.attention import AttentionBlock, resolve_heads
 from sdm.nn.layers import NORM_GROUPS, Downsample, Upsample, group_norm, zero_init
 from sdm.nn.resblock import ResBlock
@@ -22,7 +23,7 @@ from sdm.nn.spade_resblock import SPADEResBlock
 from sdm.nn.timestep import timestep_embedding
 
 
-class ImageSizeError(ValueError):
+class ImageSizeError(InputError):
     """An image / label map size the U-Net cannot halve the required number of times."""
 
 

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdm.errors import InputError
+
 # Metrics where a larger value is better; every other metric (FID, FSD, ...) is a distance.
 HIGHER_IS_BETTER = ("miou", "accuracy", "feature_diversity", "diversity", "lpips_diversity")
 
 
-class MetricsError(ValueError):
+class MetricsError(InputError):
     """A metrics file that cannot back a registration; the message names the file and the problem."""
 
 

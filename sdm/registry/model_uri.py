@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sdm.errors import InputError
 from sdm.tracking import configure
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
-class ModelUriError(ValueError):
+class ModelUriError(InputError):
     """A model URI that names no registered sdm model version; the message says what exists instead."""
 
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import sdm
+from sdm.errors import InputError
 from sdm.model import CONFIG_FILE, EMA_FILE, META_FILE, MODEL_FILE
 from sdm.tracking import repo_root
 
@@ -25,7 +26,7 @@ PYFUNC_DISTRIBUTIONS = ("mlflow", "torch", "safetensors", "numpy", "pandas", "py
 CHECKPOINT_FILES = (MODEL_FILE, EMA_FILE, CONFIG_FILE, META_FILE)
 
 
-class PackagingError(ValueError):
+class PackagingError(InputError):
     """Something the registered model needs is missing; the message says what and where."""
 
 

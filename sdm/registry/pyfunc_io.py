@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from sdm.config.schema import Config, SampleConfig
+from sdm.errors import InputError
 from sdm.registry.signature import INSTANCES, LABELS
 
 
-class ModelInputError(ValueError):
+class ModelInputError(InputError):
     """A request the registered model cannot take; the message names the row and the problem."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdm.config import Config, to_dict
+from sdm.errors import InputError
 from sdm.registry.lineage import lineage_tags
 from sdm.registry.metrics import read_metrics, usable_candidates
 from sdm.registry.promotion import PROMOTED, PromotionDecision, current_champion, decide, metric_tag
@@ -23,7 +24,7 @@ from sdm.tracking import configure, ensure_experiment, metric_key
 _ALIAS = re.compile(r"^[\w\-]+$")
 
 
-class RegisterError(ValueError):
+class RegisterError(InputError):
     """A registration that cannot go ahead; the message names the input and the problem."""
 
 

@@ -29,6 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sdm.errors import InputError
+
 FORMAT = "sdm-train-checkpoint"
 VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -38,7 +40,7 @@ STATE_FILE = "train_state.json"
 PREFIX = "checkpoint-"
 
 
-class TrainCheckpointError(ValueError):
+class TrainCheckpointError(InputError):
     """A training checkpoint that is incomplete, unreadable or does not fit."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sdm.config import Config, ConfigError, ModelConfig, from_dict
 from sdm.data.manifest import Manifest, read_manifest
+from sdm.errors import InputError
 from sdm.train.checkpoint import latest_checkpoint, read_state_json
 from sdm.train.phases import plan_phases
 
@@ -23,7 +24,7 @@ from sdm.train.phases import plan_phases
 RUNTIME_MODEL_KEYS = {"use_checkpoint", "use_fp16", "dropout"}
 
 
-class PreflightError(ValueError):
+class PreflightError(InputError):
     """An input problem found before training starts."""
 
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdm.errors import InputError
 from sdm.train.hooks import TrainHooks
 
 # Ray Train V2 routes worker prints through logging as well as stdout; one copy is enough.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-class ClusterTooSmallError(ValueError):
+class ClusterTooSmallError(InputError):
     """The Ray cluster cannot hold the requested workers."""
 
 
