@@ -48,8 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdm.conditioning import make_segmap  # noqa: E402
 from sdm.config import Config, resolve  # noqa: E402
-from sdm.diffusion import GaussianDiffusion, sample_loop  # noqa: E402
-from sdm.diffusion.denoiser import GuidedDenoiser  # noqa: E402
+from sdm.diffusion import GaussianDiffusion, GuidedDenoiser, sample_loop  # noqa: E402
 from sdm.model import SDMUNet  # noqa: E402
 
 CONFIGS = {

@@ -1,6 +1,6 @@
 """Training throughput (img/s) of the real loop: toy and paper (ADE20K) configs, 1 vs 2 workers.
 
-Runs ``sdm.train.runner.run_training`` (the code Ray workers run: derived
+Runs ``sdm.train.worker.run_training`` (the code Ray workers run: derived
 per-sample noise, segmap, hybrid loss, DDP, clipping, AdamW, EMA) on an
 in-memory dataset of random label maps of the config's size and classes, so
 the figure is the training step, not PNG decoding. Several workers are
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdm.config import Config, resolve  # noqa: E402
 from sdm.train.distributed import WorkerContext  # noqa: E402
-from sdm.train.hooks import StepLog, TrainHooks  # noqa: E402
+from sdm.train.events import Event, Hook, StepLog  # noqa: E402
 
 
 class RandomScenes:
@@ -57,7 +57,7 @@ class RandomScenes:
         return {"image": self.images[i], "label": self.labels[i], "instance": self.labels[i], "id": str(i)}
 
 
-class Timings(TrainHooks):
+class Timings(Hook):
     """Wall seconds per step (from the loop's log) and rank 0's CPU seconds per step."""
 
     def __init__(self) -> None:
@@ -65,8 +65,10 @@ class Timings(TrainHooks):
         self.cpu_per_step: list[float] = []
         self._cpu = time.process_time()
 
-    def on_log(self, log: StepLog) -> None:
-        self.s_per_step.append(log.metrics["s_per_step"])
+    def handle(self, event: Event) -> None:
+        if not isinstance(event, StepLog):
+            return
+        self.s_per_step.append(event.metrics["s_per_step"])
         now = time.process_time()
         self.cpu_per_step.append(now - self._cpu)
         self._cpu = now
@@ -81,8 +83,8 @@ def bench_config(name: str, per_worker_batch: int, workers: int, steps: int, war
 
 
 def worker(rank: int, args: argparse.Namespace, root: str, out: str) -> None:
-    from sdm.train.runner import run_training
-    from sdm.train.sinks import LocalCheckpointSink
+    from sdm.train.checkpoint import LocalCheckpointSink
+    from sdm.train.worker import run_training
 
     torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"

@@ -25,12 +25,11 @@ from sdm.atomic import atomic_dir
 from sdm.config.load import ConfigError, from_dict, to_dict
 from sdm.config.schema import Config
 from sdm.nn.unet import ImageSizeError, SDMUNet
-from sdm.official_checkpoint import load_official_checkpoint
 from sdm.state_dict_check import CheckpointError, check_state_dict
 
 __all__ = [
-    "CheckpointError", "ImageSizeError", "SDMUNet", "load_checkpoint", "load_official_checkpoint",
-    "read_checkpoint_config", "read_checkpoint_meta", "save_checkpoint",
+    "CheckpointError", "ImageSizeError", "SDMUNet", "load_checkpoint", "read_checkpoint_config",
+    "read_checkpoint_meta", "save_checkpoint",
 ]
 
 MODEL_FILE = "model.safetensors"

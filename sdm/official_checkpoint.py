@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from sdm.config.official import model_config_from_official_args
 from sdm.config.schema import Config, ModelConfig
+from sdm.model import save_checkpoint
 from sdm.nn.unet import SDMUNet
 from sdm.state_dict_check import CheckpointError, check_state_dict
 
@@ -82,7 +84,7 @@ def official_flag_overrides(flags: Mapping[str, Any]) -> list[str]:
 
     Flags not given take the official defaults (see ``sdm.config.official``).
     """
-    model = ModelConfig.from_official_args(dict(flags))
+    model = model_config_from_official_args(dict(flags))
     sets = [f"model.{f.name}={json.dumps(getattr(model, f.name))}" for f in dataclasses.fields(model)]
     return [*sets, f"data.image_size={json.dumps(model.image_size)}"]
 
@@ -93,8 +95,6 @@ def convert_official(checkpoint: str | Path, config: Config, out: str | Path) ->
     The weights must fit ``config.model`` (``CheckpointError`` otherwise); the
     directory is written atomically. Returns ``out``.
     """
-    from sdm.model import save_checkpoint
-
     checkpoint = Path(checkpoint)
     model = load_official_checkpoint(checkpoint, config.model,
                                      "the resolved model section (params.yaml / --preset / --official-flag / --set)")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from sdm.config import Config, resolve
+from sdm.config import Config, ConfigError, resolve
+from sdm.train.events import Event, Hook, Launching, StepStart
+
+FAULT_MARKER = "fault_injected"
 
 TINY = [
     "model.model_channels=32", "model.channel_mult=[1,1]", "model.attention_resolutions=[16]", "model.num_heads=1",
@@ -41,3 +45,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class ExitAtStep(Hook):
+    """A worker hook: rank ``rank`` dies (``os._exit``) once, before run step ``step`` (0-based).
+
+    The ``marker`` file, written just before, makes the restarted worker survive. Ray pickles this
+    hook to its workers, which cannot import tests/: register this module with
+    ``ray.cloudpickle.register_pickle_by_value`` first.
+    """
+
+    def __init__(self, step: int, marker: Path, rank: int = 1) -> None:
+        self.step, self.marker, self.rank = step, Path(marker), rank
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, Launching) and event.workers <= self.rank:
+            raise ConfigError(f"exit at step {self.step} kills rank {self.rank}, but the run has "
+                              f"{event.workers} worker(s)")
+        if not isinstance(event, StepStart) or event.rank != self.rank or event.global_step != self.step:
+            return
+        if self.marker.exists():
+            return
+        self.marker.write_text(f"rank {self.rank} exited at run step {self.step}\n")
+        print(f"[train] fault injection: rank {self.rank} exits at run step {self.step}", flush=True)
+        os._exit(17)

@@ -73,7 +73,7 @@ def ray_cluster() -> Iterator[None]:
     """One local Ray cluster for the whole session (~5 s to start), as ``sdm train`` starts it."""
     import ray
 
-    from sdm.train.ray_dispatch import ensure_ray
+    from sdm.train.ray_run import ensure_ray
 
     started = ensure_ray()
     yield

@@ -10,7 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from sdm.cli import app
-from sdm.config import Config, ConfigError, ModelConfig, available_presets, dump_yaml, resolve, write_resolved
+from sdm.config import Config, ConfigError, available_presets, dump_yaml, resolve, write_resolved
+from sdm.config.official import model_config_from_official_args
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -115,15 +116,16 @@ def test_unknown_preset() -> None:
 
 
 def test_from_official_args_defaults_and_flags() -> None:
-    m = ModelConfig.from_official_args({"image_size": "256", "num_channels": "256", "attention_resolutions": "32,16,8",
-                                        "num_head_channels": "64", "resblock_updown": "True", "learn_sigma": "True",
-                                        "num_classes": "151", "no_instance": "True"})
+    m = model_config_from_official_args({"image_size": "256", "num_channels": "256",
+                                         "attention_resolutions": "32,16,8", "num_head_channels": "64",
+                                         "resblock_updown": "True", "learn_sigma": "True",
+                                         "num_classes": "151", "no_instance": "True"})
     assert m.channel_mult == [1, 1, 2, 2, 4, 4] and m.num_heads == 4 and m.num_res_blocks == 2
     assert m.out_channels == 6 and m.cond_channels == 151
-    city = ModelConfig.from_official_args({"image_size": 512, "dataset_mode": "cityscapes", "num_classes": 35})
+    city = model_config_from_official_args({"image_size": 512, "dataset_mode": "cityscapes", "num_classes": 35})
     assert city.image_size == [256, 512] and city.use_instance and city.cond_channels == 36
     with pytest.raises(ConfigError, match="bogus"):
-        ModelConfig.from_official_args({"bogus": 1})
+        model_config_from_official_args({"bogus": 1})
 
 
 def test_write_resolved_round_trips(tmp_path: Path) -> None:

@@ -7,8 +7,7 @@ import json
 import cv2
 import numpy as np
 
-from sdm.data.render import render
-from sdm.data.synthetic import CLASS_NAMES, INSTANCE_CLASSES, make_scene, synthesize
+from sdm.data.synthetic import CLASS_NAMES, INSTANCE_CLASSES, make_scene, render, synthesize
 
 
 def _read(path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdm.eval.diversity import feature_diversity
+from sdm.eval.scoring import feature_diversity
 from sdm.eval.segmenter import EvalSegNet, SegmenterError, load_torchscript_segmenter
 from sdm.eval.segmenter_cache import load_segmenter, load_segmenter_dir, save_segmenter
 from sdm.eval.sweep import SweepSpecError, format_scale, parse_pairs, parse_scales

@@ -7,10 +7,8 @@ from pathlib import Path
 import pytest
 from prefect.states import Failed
 
-from flows.data import check_overrides, stage_for
-from flows.retry import transient_only
-from flows.serve import deployment_spec
-from flows.summary import image_markdown, metrics_table, retrain_summary
+from flows.retrain import deployment_spec, image_markdown, metrics_table, retrain_summary
+from flows.tasks import check_overrides, stage_for, transient_only
 from sdm.config import ConfigError, resolve
 
 REPO = Path(__file__).resolve().parents[1]

@@ -88,19 +88,44 @@ def test_sample_end_to_end(checkpoint: Path, tmp_path: Path) -> None:
     assert np.abs(alone.astype(int) - sample.astype(int)).max() <= 1
 
 
-def test_instances_and_defaults_from_config(checkpoint: Path, tmp_path: Path) -> None:
+def _write_instances(folder: Path, maps: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, ids in enumerate(maps):
+        Image.fromarray(ids.astype(np.uint16)).save(folder / f"scene_{i}.png")
+    return folder
+
+
+def _images(out: Path, n: int) -> list[np.ndarray]:
+    return [np.asarray(Image.open(out / f"scene_{i}.png")).astype(int) for i in range(n)]
+
+
+def test_instances_reach_the_model_and_defaults_from_config(checkpoint: Path, tmp_path: Path) -> None:
     labels = _write_labels(tmp_path / "labels", n=2)
-    inst = tmp_path / "inst"
-    inst.mkdir()
-    for i in range(2):
-        ids = np.zeros((SIZE, SIZE), np.uint16)
-        ids[4:12, 4:12] = 3
-        Image.fromarray(ids).save(inst / f"scene_{i}.png")
-    out = tmp_path / "out"
-    result = _run("--checkpoint", checkpoint, "--labels", labels, "--instances", inst, "--out", out,
-                  "--set", "sample.steps=2", "--set", "sample.sampler=dpmpp")
-    assert result.exit_code == 0, result.output
-    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    square = np.zeros((SIZE, SIZE), np.uint16)
+    square[4:12, 4:12] = 3
+    # Instance edges unlike the label maps' own, and instance maps whose edges are exactly the default ones.
+    own = _write_instances(tmp_path / "inst", [square, square])
+    as_labels = _write_instances(tmp_path / "inst_labels", [_label(0), _label(1)])
+
+    def run(out: Path, *extra: str | Path) -> list[np.ndarray]:
+        result = _run("--checkpoint", checkpoint, "--labels", labels, "--out", out, "--seed", "3",
+                      "--set", "sample.steps=2", "--set", "sample.sampler=dpmpp", *extra)
+        assert result.exit_code == 0, result.output
+        return _images(out, 2)
+
+    with_square = run(tmp_path / "out", "--instances", own)
+    default = run(tmp_path / "default")
+    with_labels = run(tmp_path / "labels_as_inst", "--instances", as_labels)
+    # The model uses instance edges (the toy preset), so other edges give other images from the same noise;
+    # had --instances been ignored, every run would equal the default one.
+    for got, ref in zip(with_square, default, strict=True):
+        assert np.abs(got - ref).max() > 8
+    # Instance maps equal to the labels give the default edges: the same images, bit for bit.
+    for got, ref in zip(with_labels, default, strict=True):
+        assert np.array_equal(got, ref)
+
+    cfg = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert cfg["model"]["use_instance"] is True
     assert cfg["sample"]["steps"] == 2 and cfg["sample"]["sampler"] == "dpmpp"
     assert cfg["sample"]["guidance_scale"] == 1.5  # the built-in default
 

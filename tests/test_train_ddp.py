@@ -9,11 +9,11 @@ import torch.multiprocessing as mp
 from _train_helpers import make_prepared, one_thread, tiny_config
 from safetensors.torch import load_file
 
-from sdm.train.data_setup import training_dataset
+from sdm.train.checkpoint import LocalCheckpointSink
+from sdm.train.data_order import training_dataset
 from sdm.train.distributed import WorkerContext
-from sdm.train.hooks import TrainHooks
-from sdm.train.runner import build_model, run_training
-from sdm.train.sinks import LocalCheckpointSink
+from sdm.train.events import Hook
+from sdm.train.worker import build_model, run_training
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -27,7 +27,7 @@ def _train(rank: int, world_size: int, prepared, root, run_name: str, sets: tupl
         ctx = WorkerContext.from_process_group(device="cpu")
         assert (ctx.rank, ctx.world_size) == (rank, world_size)
         run_dir = root / run_name
-        run_training(config, run_dir, ctx=ctx, phases=["pretrain", "finetune"], hooks=TrainHooks(),
+        run_training(config, run_dir, ctx=ctx, phases=["pretrain", "finetune"], hooks=Hook(),
                      sink=LocalCheckpointSink(run_dir, 2, ctx), dataset=training_dataset(config))
     finally:
         if world_size > 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _train_helpers import make_prepared, tiny_config
+from _train_helpers import FAULT_MARKER, ExitAtStep, make_prepared, tiny_config
 from typer.testing import CliRunner
 
 from sdm.config import ConfigError, to_dict
@@ -68,7 +68,7 @@ def test_init_from_a_different_model(prepared, tmp_path):
     import torch
 
     from sdm.model import save_checkpoint
-    from sdm.train.runner import build_model
+    from sdm.train.worker import build_model
 
     other = tiny_config(prepared, tmp_path, "model.num_classes=7")
     save_checkpoint(tmp_path / "other", build_model(other, torch.device("cpu")).state_dict(), other)
@@ -77,8 +77,8 @@ def test_init_from_a_different_model(prepared, tmp_path):
 
 
 def test_fault_injection_needs_a_rank_one(prepared, tmp_path):
-    with pytest.raises(ConfigError, match="fail_at_step 2 kills rank 1"):
-        _train(tiny_config(prepared, tmp_path, "train.fail_at_step=2"), workers=1)
+    with pytest.raises(ConfigError, match="step 2 kills rank 1"):
+        _train(tiny_config(prepared, tmp_path), workers=1, worker_hooks=[ExitAtStep(2, tmp_path / FAULT_MARKER)])
 
 
 def test_run_name_must_be_a_folder_name(prepared, tmp_path):

@@ -13,13 +13,11 @@ from safetensors.torch import load_file
 
 from sdm.data.manifest import read_manifest
 from sdm.model import load_checkpoint, read_checkpoint_meta
-from sdm.train.checkpoint import list_checkpoints, read_state_json
-from sdm.train.data_setup import sample_grid_factory, training_dataset
+from sdm.train.checkpoint import LocalCheckpointSink, list_checkpoints, read_state_json
+from sdm.train.data_order import training_dataset
 from sdm.train.distributed import WorkerContext
-from sdm.train.hooks import TrainHooks
-from sdm.train.run_log import RunLog, read_run_log
-from sdm.train.runner import build_model, run_training
-from sdm.train.sinks import LocalCheckpointSink
+from sdm.train.events import Hook, RunLog, read_run_log
+from sdm.train.worker import build_model, run_training, sample_grid_factory
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -31,7 +29,7 @@ def prepared(tmp_path_factory):
 
 def _run(config, run_dir, phases=("pretrain", "finetune"), hooks=None, resume=None, **kw):
     ctx = WorkerContext()
-    return run_training(config, run_dir, ctx=ctx, phases=list(phases), hooks=hooks or TrainHooks(),
+    return run_training(config, run_dir, ctx=ctx, phases=list(phases), hooks=hooks or Hook(),
                         sink=LocalCheckpointSink(run_dir, config.train.keep_checkpoints, ctx),
                         dataset=training_dataset(config), resume=resume, **kw)
 

@@ -7,11 +7,9 @@ import torch
 from torch import nn
 
 from sdm.config import ConfigError, PhaseConfig, resolve
-from sdm.train.batches import local_positions
-from sdm.train.ema import EMA
-from sdm.train.lr_schedule import lr_at
-from sdm.train.phases import plan_phases, resolve_phases
-from sdm.train.rng import DataOrder, derive_seed, sample_randomness
+from sdm.train.data_order import DataOrder, derive_seed, local_positions, sample_randomness
+from sdm.train.loop import plan_phases, resolve_phases
+from sdm.train.optim import EMA, lr_at
 
 
 def test_ema_without_warmup_is_the_official_update():

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import _train_helpers
 import pytest
 import torch
-from _train_helpers import make_prepared, tiny_config
+from _train_helpers import FAULT_MARKER, ExitAtStep, make_prepared, tiny_config
 from safetensors.torch import load_file
 
 from sdm.model import read_checkpoint_meta
+from sdm.train.events import read_run_log
 from sdm.train.launch import train
-from sdm.train.loop import FAULT_MARKER
-from sdm.train.run_log import read_run_log
 
 pytestmark = pytest.mark.slow
 
@@ -81,8 +81,13 @@ def test_rerun_resumes_and_logs_to_the_same_mlflow_run(prepared, storage, plain_
 
 def test_a_worker_killed_once_restarts_from_the_checkpoint_before(prepared, storage, plain_run):
     result_plain, _ = plain_run
-    cfg = tiny_config(prepared, storage, "train.fail_at_step=5")
-    result = train(cfg, run_name="fault", workers=2, log_mlflow=False, echo=lambda s: None)
+    import ray.cloudpickle
+
+    # The Ray workers cannot import tests/: the fault hook travels to them by value.
+    ray.cloudpickle.register_pickle_by_value(_train_helpers)
+    cfg = tiny_config(prepared, storage)
+    result = train(cfg, run_name="fault", workers=2, log_mlflow=False, echo=lambda s: None,
+                   worker_hooks=[ExitAtStep(5, storage / "fault" / FAULT_MARKER)])
     assert (result.run_dir / FAULT_MARKER).exists()
     starts = [e for e in read_run_log(result.run_dir) if e["event"] == "phase_start"]
     assert [(e["phase"], e["start_step"], e["resumed_from"]) for e in starts] == [

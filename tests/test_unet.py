@@ -10,12 +10,12 @@ import torch
 from sdm.config.load import ConfigError
 from sdm.config.schema import ModelConfig
 from sdm.model import ImageSizeError, SDMUNet
-from sdm.nn import spade_cache
+from sdm.nn import spade
 from sdm.nn.attention import AttentionBlock
 from sdm.nn.resblock import ResBlock
 from sdm.nn.spade import SPADEGroupNorm
 from sdm.nn.spade_resblock import SPADEResBlock
-from sdm.nn.timestep import timestep_embedding
+from sdm.nn.unet import timestep_embedding
 
 TINY = ModelConfig(image_size=[16, 16], num_classes=5, use_instance=True, model_channels=32, num_res_blocks=1,
                    channel_mult=[1.0, 2.0], attention_resolutions=[8], num_heads=2, spade_hidden=16)
@@ -122,9 +122,9 @@ def test_spade_only_in_middle_and_decoder() -> None:
 )
 def test_cached_equals_uncached(cfg: ModelConfig, storage: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if storage != "per-row":
-        monkeypatch.setattr(spade_cache, "FULL_ROWS_MAX_BYTES", 0)
+        monkeypatch.setattr(spade, "FULL_ROWS_MAX_BYTES", 0)
     if storage == "gather":
-        monkeypatch.setattr(spade_cache, "_MAX_RUNS", 0)
+        monkeypatch.setattr(spade, "_MAX_RUNS", 0)
     model = randomize(SDMUNet(cfg)).eval()
     x_t, t, segmap = inputs(cfg, n=3)
     # A classifier-free guidance batch: conditional rows then null rows (identical: computed once).
@@ -154,12 +154,12 @@ def test_cache_rows_and_runs() -> None:
     seg[0, 0] = 1
     seg[2, 1] = 1
     seg[3, 0] = 1  # rows 0 and 3 equal, rows 1 and 4 null
-    distinct, rows = spade_cache._distinct_rows(seg)
+    distinct, rows = spade._distinct_rows(seg)
     assert rows.tolist() == [0, 1, 2, 0, 1]
     assert torch.equal(distinct, seg[[0, 1, 2]])
-    assert spade_cache._runs([0, 1, 2, 3, 3, 3]) == [(0, 3, 0, 3), (3, 6, 3, 4)]
-    assert spade_cache._runs([0, 0, 1, 1]) == [(0, 2, 0, 1), (2, 4, 1, 2)]
-    assert spade_cache._runs([0, 1, 0, 1]) == [(0, 2, 0, 2), (2, 4, 0, 2)]
+    assert spade._runs([0, 1, 2, 3, 3, 3]) == [(0, 3, 0, 3), (3, 6, 3, 4)]
+    assert spade._runs([0, 0, 1, 1]) == [(0, 2, 0, 1), (2, 4, 1, 2)]
+    assert spade._runs([0, 1, 0, 1]) == [(0, 2, 0, 2), (2, 4, 0, 2)]
 
 
 def test_cache_with_distinct_rows_and_mismatch() -> None:

@@ -7,14 +7,15 @@ from typing import Annotated
 
 import typer
 
-from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
+from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, dry_run_exit, load_config, user_errors
+from sdm.errors import InputError
 
 
 def _flags(items: list[str]) -> dict[str, str]:
     flags = {}
     for item in items:
         if "=" not in item:
-            raise UserError(f"--official-flag {item!r}: expected name=value, e.g. --official-flag image_size=256")
+            raise InputError(f"--official-flag {item!r}: expected name=value, e.g. --official-flag image_size=256")
         key, value = item.split("=", 1)
         flags[key.strip().lstrip("-")] = value.strip()
     return flags
@@ -38,17 +39,13 @@ def convert_official(
     """Convert an official SDM checkpoint for the model configured by --preset / --official-flag / --set."""
     from sdm.official_checkpoint import convert_official as convert
     from sdm.official_checkpoint import official_flag_overrides
-    from sdm.state_dict_check import CheckpointError
 
     with user_errors():
         derived = official_flag_overrides(_flags(official_flag)) if official_flag else []
     cfg = load_config(preset, [*derived, *(set_ or [])], params)
     dry_run_exit(cfg, dry_run)
     with user_errors():
-        try:
-            written = convert(checkpoint, cfg, out)
-        except CheckpointError as e:
-            raise UserError(str(e)) from None
+        written = convert(checkpoint, cfg, out)
     m = cfg.model
     typer.echo(f"wrote {written} (model {m.image_size[0]}x{m.image_size[1]}, {m.num_classes} classes"
                f"{' + instance edges' if m.use_instance else ''}, {m.model_channels} channels) from {checkpoint}")

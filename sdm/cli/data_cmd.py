@@ -6,16 +6,24 @@ Flags are overrides of ``config.data`` (they go through the same validation as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
 
-from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
+from sdm.cli.common import (
+    DryRunOpt,
+    ParamsOpt,
+    PresetOpt,
+    SetOpt,
+    dry_run_exit,
+    flag_overrides,
+    load_config,
+    user_errors,
+)
 from sdm.config import Config, to_dict
+from sdm.errors import InputError
 
 app = typer.Typer(help="Datasets: synthesize the toy scenes, validate, prepare to Parquet shards, version with DVC.",
                   no_args_is_help=True)
@@ -29,31 +37,17 @@ WorkersOpt = Annotated[
 ]
 
 
-@contextmanager
-def data_errors() -> Iterator[None]:
-    """Dataset problems (bad files, unknown format, missing classes) -> a clean message and exit code 2."""
-    from sdm.data.formats import FormatError
-    from sdm.data.problems import DataProblemsError
-    from sdm.data.version import DataVersionError
-
-    with user_errors():
-        try:
-            yield
-        except (FormatError, DataProblemsError, DataVersionError) as e:
-            raise UserError(str(e)) from None
-
-
 def parse_size(text: str) -> list[int]:
     """"256" -> [256, 256]; "256x512" -> [H, W] = [256, 512]."""
     parts = text.lower().split("x")
     try:
         size = [int(p) for p in parts]
     except ValueError:
-        raise UserError(f"--size {text!r}: expected S or HxW, e.g. 256 or 256x512") from None
+        raise InputError(f"--size {text!r}: expected S or HxW, e.g. 256 or 256x512") from None
     if len(size) == 1:
         size = size * 2
     if len(size) != 2 or min(size) < 8:
-        raise UserError(f"--size {text!r}: expected S or HxW with sides >= 8")
+        raise InputError(f"--size {text!r}: expected S or HxW with sides >= 8")
     return size
 
 
@@ -62,14 +56,6 @@ def _data_yaml(cfg: Config) -> str:
     # training settings do not change the prepared data's hash (its version).
     body = yaml.safe_dump({"data": to_dict(cfg.data)}, sort_keys=False)
     return "# The data section of the resolved config that made this folder.\n" + body
-
-
-def _config(preset: str | None, sets: list[str] | None, params: Path, flags: dict[str, object]) -> Config:
-    overrides = list(sets or [])
-    for key, value in flags.items():
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return load_config(preset, overrides, params)
 
 
 @app.command("synth")
@@ -85,13 +71,13 @@ def synth(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Write the built-in synthetic scenes (12 classes, instance maps) in the folder format."""
-    cfg = _config(preset, set_, params, {"data.synth.n": n, "data.synth.size": size, "data.synth.seed": seed})
+    cfg = load_config(preset, set_, params, flag_overrides("data.synth", n=n, size=size, seed=seed))
     dry_run_exit(cfg, dry_run)
     from sdm.data.synthetic import synthesize
 
     target = out or Path(cfg.data.source)
     s = cfg.data.synth
-    with data_errors():
+    with user_errors():
         synthesize(target, s.n, s.size, s.seed, workers=workers, progress=True)
     typer.echo(f"wrote {s.n} scenes of {s.size}x{s.size} px (seed {s.seed}) to {target}")
 
@@ -106,10 +92,10 @@ def validate(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Check a raw dataset and print the report (exit code 1 when there are problems)."""
-    cfg = _config(preset, set_, params, {"data.format": format_, "data.source": source})
+    cfg = load_config(preset, set_, params, flag_overrides("data", format=format_, source=source))
     from sdm.data.validate import validate as run_validate
 
-    with data_errors():
+    with user_errors():
         report = run_validate(cfg.data.format, cfg.data.source, workers=workers, progress=True)
     typer.echo(str(report))
     if not report.ok:
@@ -131,18 +117,20 @@ def prepare(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Check, resize and write a dataset as Parquet shards + manifest.json (+ config.yaml)."""
-    flags: dict[str, object] = {"data.format": format_, "data.source": source, "data.prepared": out,
-                                "data.on_error": on_error}
+    hw = None
     if size is not None:
         with user_errors():
             hw = parse_size(size)
-        flags["data.image_size"] = flags["model.image_size"] = f"[{hw[0]},{hw[1]}]"
-    cfg = _config(preset, set_, params, flags)
+    # --size sets both sizes: the model is built for the data it is prepared at.
+    cfg = load_config(preset, set_, params, [
+        *flag_overrides("data", format=format_, source=source, prepared=out, on_error=on_error, image_size=hw),
+        *flag_overrides("model", image_size=hw),
+    ])
     dry_run_exit(cfg, dry_run)
     from sdm.data.prepare import prepare as run_prepare
 
     d = cfg.data
-    with data_errors():
+    with user_errors():
         manifest = run_prepare(d.format, d.source, d.prepared, d.image_size, val_fraction=d.val_fraction,
                                split_seed=d.split_seed, on_error=d.on_error, shard_mb=d.shard_mb, workers=workers,
                                progress=True, extra_files={"config.yaml": _data_yaml(cfg)})
@@ -161,14 +149,18 @@ def version(
     push: Annotated[bool, typer.Option("--push/--no-push", help="dvc push the prepared data.")] = True,
 ) -> None:
     """dvc repro the prepare stage, dvc push it, and print the data version (hash@commit)."""
-    from sdm.data.version import find_dvc_root, repro_and_push
+    from sdm.data.version import DataVersionError, find_dvc_root, repro_and_push
 
-    with data_errors():
+    with user_errors():
         root = find_dvc_root(Path.cwd())
         if root is None:
-            raise UserError(f"{Path.cwd()} is not inside a DVC project (no .dvc folder); run `dvc init` first")
+            raise InputError(f"{Path.cwd()} is not inside a DVC project (no .dvc folder); run `dvc init` first")
         stage = "prepare" if dataset in (None, "", "synthetic") else f"prepare-{dataset}"
-        info = repro_and_push(stage, root, push=push)
+        try:
+            info = repro_and_push(stage, root, push=push)
+        except DataVersionError as e:  # a failed DVC/git step, not bad input: exit 1, as a failed training run
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
     typer.echo(f"data version: {info['version']}")
     counts = ", ".join(f"{s}: {n}" for s, n in info["counts"].items())
     typer.echo(f"  stage {info['stage']}, {info['format']}, {counts}")

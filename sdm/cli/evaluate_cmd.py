@@ -7,9 +7,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
@@ -19,13 +18,12 @@ from sdm.cli.common import (
     ParamsOpt,
     PresetOpt,
     SetOpt,
-    UserError,
     dry_run_exit,
+    flag_overrides,
     load_config,
     user_errors,
 )
-
-T = TypeVar("T")
+from sdm.errors import InputError
 
 app = typer.Typer(
     help="Evaluate a checkpoint with classifier-free guidance (mIoU, FSD, feature diversity, FID, sweeps).",
@@ -33,33 +31,6 @@ app = typer.Typer(
 )
 
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Prepared data directory (default: data.prepared).")]
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """Every error that means 'bad input' (printed as one message, exit code 2), imported lazily."""
-    from sdm.eval.checks import EvaluationInputError
-    from sdm.eval.frechet import FeatureStatsError
-    from sdm.eval.inception import InceptionWeightsError
-    from sdm.eval.segmenter import SegmenterError
-    from sdm.eval.sweep import SweepSpecError
-
-    errors: list[type[BaseException]] = [EvaluationInputError, FeatureStatsError, InceptionWeightsError,
-                                         SegmenterError, SweepSpecError]
-    for module, name in (("sdm.model", "CheckpointError"), ("sdm.sampling", "SampleInputError"),
-                         ("sdm.conditioning", "LabelRangeError"), ("sdm.data.manifest", "ManifestError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
-def _run_reporting_input_errors(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    with user_errors():
-        try:
-            return fn(*args, **kwargs)
-        except _input_errors() as e:
-            raise UserError(str(e)) from e
 
 
 @app.callback()
@@ -96,35 +67,29 @@ def evaluate(
     """Sample a split with classifier-free guidance and write metrics.json, samples, grids, tables and plots."""
     if ctx.invoked_subcommand is not None:
         return
-    overrides = list(set_ or [])
-    with user_errors():
-        from sdm.eval.sweep import parse_pairs, parse_scales
+    from sdm.eval.sweep import pair_name, parse_pairs, parse_scales
 
-        try:
-            if guidance is not None:
-                overrides.append(f"evaluate.guidance_scales={json.dumps(parse_scales(guidance))}")
-            if steps_sweep not in (None, "config"):
-                pairs = [f"{s}:{k}" for s, k in parse_pairs([steps_sweep])]
-                overrides.append(f"evaluate.steps_sweep={json.dumps(pairs)}")
-        except ValueError as e:
-            raise UserError(str(e)) from e
-    for key, value in (("split", split), ("sampler", sampler), ("steps", steps), ("num_samples", num_samples),
-                       ("repeats", repeats), ("batch_size", batch_size), ("segmenter.path", segmenter)):
-        if value is not None:
-            overrides.append(f"evaluate.{key}={json.dumps(value)}")
-    cfg = load_config(preset, overrides, params)
+    with user_errors():  # --guidance and --steps-sweep are lists in the config: parsed (and checked) here first
+        scales = parse_scales(guidance) if guidance is not None else None
+        pairs = ([pair_name(*p) for p in parse_pairs([steps_sweep])]
+                 if steps_sweep not in (None, "config") else None)
+    cfg = load_config(preset, set_, params, [
+        *flag_overrides("evaluate", guidance_scales=scales, steps_sweep=pairs, split=split, sampler=sampler,
+                        steps=steps, num_samples=num_samples, repeats=repeats, batch_size=batch_size),
+        *flag_overrides("evaluate.segmenter", path=segmenter),
+    ])
     dry_run_exit(cfg, dry_run)
-    with user_errors():
-        if checkpoint is None or out is None:
-            raise UserError("sdm evaluate needs --checkpoint DIR and --out DIR (see sdm evaluate --help)")
     from sdm.eval.runner import EvalRequest, default_device, run_evaluation
 
-    request = EvalRequest(
-        checkpoint=checkpoint, data=data or Path(cfg.data.prepared), out=out,
-        steps_sweep=steps_sweep is not None, use_ema=ema, log_mlflow=mlflow,
-        device=default_device() if device == "auto" else device,
-    )
-    metrics = _run_reporting_input_errors(run_evaluation, request, cfg, log=lambda m: typer.echo(m, err=True))
+    with user_errors():
+        if checkpoint is None or out is None:
+            raise InputError("sdm evaluate needs --checkpoint DIR and --out DIR (see sdm evaluate --help)")
+        request = EvalRequest(
+            checkpoint=checkpoint, data=data or Path(cfg.data.prepared), out=out,
+            steps_sweep=steps_sweep is not None, use_ema=ema, log_mlflow=mlflow,
+            device=default_device() if device == "auto" else device,
+        )
+        metrics = run_evaluation(request, cfg, log=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "skipped"}, indent=2))
 
 
@@ -146,10 +111,11 @@ def train_segmenter_cmd(
     from sdm.eval.runner import default_device
     from sdm.eval.segmenter_cache import train_and_save
 
-    seg, directory, trained = _run_reporting_input_errors(
-        train_and_save, data or Path(cfg.data.prepared), cfg, out_dir=out, force=force,
-        device=default_device() if device == "auto" else device, log=lambda m: typer.echo(m, err=True),
-    )
+    with user_errors():
+        seg, directory, trained = train_and_save(
+            data or Path(cfg.data.prepared), cfg, out_dir=out, force=force,
+            device=default_device() if device == "auto" else device, log=lambda m: typer.echo(m, err=True),
+        )
     summary = {"segmenter": str(directory), "trained_now": trained, "data_version": seg.info.get("data_version"),
                "val_miou": seg.info.get("val_miou"), "val_images": seg.info.get("val_images")}
     typer.echo(json.dumps(summary, indent=2))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import typer
 
-from sdm.cli.common import UserError
 from sdm.config import Config
+from sdm.errors import InputError
 
 MODEL_HELP = ("A registered model instead of --checkpoint: models:/NAME@ALIAS (e.g. models:/sdm-toy@champion) "
               "or models:/NAME/VERSION, from the MLflow store (MLFLOW_TRACKING_URI or mlflow/mlflow.db).")
@@ -25,22 +25,21 @@ MODEL_HELP = ("A registered model instead of --checkpoint: models:/NAME@ALIAS (e
 def checkpoint_source(checkpoint: Path | None, model: str | None, config: Config) -> Iterator[Path]:
     """The checkpoint directory to use: ``checkpoint``, or ``model``'s registered version downloaded."""
     if (checkpoint is None) == (model is None):
-        raise UserError("give exactly one of --checkpoint DIR or --model models:/NAME@ALIAS")
+        raise InputError("give exactly one of --checkpoint DIR or --model models:/NAME@ALIAS")
     if model is None:
         assert checkpoint is not None
         yield checkpoint
         return
     from mlflow.exceptions import MlflowException
 
-    from sdm.registry.model_uri import ModelUriError, checkpoint_from_registry
+    from sdm.registry.model_uri import checkpoint_from_registry
     from sdm.tracking import tracking_uri
 
     with tempfile.TemporaryDirectory(prefix="sdm-model-") as tmp:
         try:
             got = checkpoint_from_registry(model, tmp, config)
-        except ModelUriError as e:
-            raise UserError(str(e)) from None
         except MlflowException as e:
-            raise UserError(f"--model {model}: MLflow ({tracking_uri(config)}): {e.message}") from None
+            # An MLflow store that cannot answer (wrong URI, broken database): say which store, no traceback.
+            raise InputError(f"--model {model}: MLflow ({tracking_uri(config)}): {e.message}") from None
         typer.echo(f"--model {model}: {got.name} version {got.version}", err=True)
         yield got.path

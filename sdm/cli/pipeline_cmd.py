@@ -29,7 +29,7 @@ def run(
     """Run `retrain` once on the embedded defaults (ephemeral Prefect, local Ray, sqlite MLflow, local DVC)."""
     cfg = load_config(preset, set_, params)
     dry_run_exit(cfg, dry_run)
-    from flows.data import check_overrides
+    from flows.tasks import check_overrides
 
     with user_errors():
         check_overrides(list(set_ or []))
@@ -68,7 +68,7 @@ def serve(
     name: str = typer.Option("retrain-nightly", "--name", help="The deployment to serve."),
 ) -> None:
     """Serve `retrain` on the schedule of prefect.yaml's deployment (needs PREFECT_API_URL of a Prefect server)."""
-    from flows.serve import serve as serve_flow
+    from flows.retrain import serve as serve_flow
 
     with user_errors():
         serve_flow(prefect_yaml, name)

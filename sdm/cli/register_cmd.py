@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
+from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, dry_run_exit, load_config, user_errors
+from sdm.errors import InputError
 
 
 def register(
@@ -40,9 +41,8 @@ def register(
         try:
             result = register_checkpoint(checkpoint, metrics, cfg, name=name, alias=alias, promote=promote)
         except MlflowException as e:
-            raise UserError(f"MLflow ({tracking_uri(cfg)}): {e.message}") from None
-        except ValueError as e:
-            raise UserError(str(e)) from None
+            # An MLflow store that cannot answer (wrong URI, broken database): say which store, no traceback.
+            raise InputError(f"MLflow ({tracking_uri(cfg)}): {e.message}") from None
     decision = result.promotion
     typer.echo(f"registered {result.name} version {result.version} ({result.model_uri}, run {result.run_id})")
     aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(result.aliases.items()))

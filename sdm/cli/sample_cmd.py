@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -27,13 +27,14 @@ from sdm.cli.common import (
     ParamsOpt,
     PresetOpt,
     SetOpt,
-    UserError,
     dry_run_exit,
+    flag_overrides,
     load_config,
     user_errors,
 )
 from sdm.cli.model_source import MODEL_HELP, checkpoint_source
 from sdm.config import Config, write_resolved
+from sdm.errors import InputError
 
 
 def resolve_device(device: str) -> str:
@@ -42,29 +43,8 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+        raise InputError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
     return device
-
-
-def checkpoint_config(checkpoint: Path) -> Config:
-    """The checkpoint's stored config (read without loading the weights)."""
-    from sdm.model import CheckpointError, read_checkpoint_config
-
-    try:
-        return read_checkpoint_config(checkpoint)
-    except CheckpointError as e:
-        raise UserError(str(e)) from None
-
-
-def load_model(checkpoint: Path, device: str, use_ema: bool) -> Any:
-    """The model to sample from (EMA weights when present and use_ema), on ``device``, in eval mode."""
-    from sdm.model import CheckpointError, load_checkpoint
-
-    try:
-        model, _ = load_checkpoint(checkpoint, use_ema=use_ema, device=device)
-    except CheckpointError as e:
-        raise UserError(str(e)) from None
-    return model
 
 
 def checkpoint_palette(checkpoint: Path, num_classes: int) -> list[list[int]] | None:
@@ -118,39 +98,33 @@ def sample(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Sample one image per label map with classifier-free guidance."""
-    run_cfg = load_config(preset, set_, params)
+    # The flags resolve with params.yaml, but only this config's sample section is used: the model and
+    # diffusion settings are the checkpoint's own.
+    run_cfg = load_config(preset, set_, params, flag_overrides(
+        "sample", guidance_scale=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, eta=eta))
     # --model downloads the registered version's checkpoint; from here on both are the same code path.
     with user_errors(), checkpoint_source(checkpoint, model, run_cfg) as checkpoint:
-        ckpt_cfg = checkpoint_config(checkpoint)
-        overrides = {k: v for k, v in (("guidance_scale", guidance), ("sampler", sampler), ("steps", steps),
-                                       ("seed", seed), ("batch_size", batch_size), ("eta", eta)) if v is not None}
-        sample_cfg = _checked_sample_config(replace(run_cfg.sample, **overrides))
-        cfg = replace(ckpt_cfg, sample=sample_cfg)
-        if sample_cfg.steps > cfg.diffusion.steps:
-            raise UserError(f"--steps {sample_cfg.steps}: the checkpoint's diffusion has {cfg.diffusion.steps} "
-                            f"steps; sample with 1..{cfg.diffusion.steps}")
+        from sdm.model import read_checkpoint_config
+
+        cfg = replace(read_checkpoint_config(checkpoint), sample=run_cfg.sample)
+        if cfg.sample.steps > cfg.diffusion.steps:
+            raise InputError(f"--steps {cfg.sample.steps}: the checkpoint's diffusion has {cfg.diffusion.steps} "
+                             f"steps; sample with 1..{cfg.diffusion.steps}")
         dry_run_exit(cfg, dry_run)
         _run(checkpoint, labels, instances, out, cfg, resolve_device(device), ema, progress)
-
-
-def _checked_sample_config(sample_cfg: Any) -> Any:
-    """Validate the merged sample section the way params.yaml values are validated."""
-    from sdm.config import from_dict, to_dict
-    from sdm.config.schema import SampleConfig
-
-    return from_dict(to_dict(sample_cfg), SampleConfig, "sample")
 
 
 def _run(checkpoint: Path, labels: Path, instances: Path | None, out: Path, cfg: Config, device: str,
          ema: bool, progress: bool) -> None:
     from sdm.cli.sample_inputs import read_label_inputs
+    from sdm.model import load_checkpoint
     from sdm.sampling import SampleInputError, generate
     from sdm.viz import colorize, default_palette, save_grid, save_png
 
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
+        raise InputError(f"--out {out}: exists and is not a directory")
     inputs = read_label_inputs(labels, instances, cfg.model)
-    model = load_model(checkpoint, device, ema)
+    model, _ = load_checkpoint(checkpoint, use_ema=ema, device=device)
     s = cfg.sample
     start = time.perf_counter()
     try:
@@ -158,7 +132,8 @@ def _run(checkpoint: Path, labels: Path, instances: Path | None, out: Path, cfg:
                           sampler=s.sampler, steps=s.steps, seed=s.seed, batch_size=s.batch_size, eta=s.eta,
                           progress=progress)
     except SampleInputError as e:
-        raise UserError(f"{labels}: {e}") from None
+        # The library's message numbers the label maps; the labels path says which input they came from.
+        raise InputError(f"{labels}: {e}") from None
     seconds = time.perf_counter() - start
     palette = checkpoint_palette(checkpoint, cfg.model.num_classes) or default_palette(cfg.model.num_classes)
     out.parent.mkdir(parents=True, exist_ok=True)

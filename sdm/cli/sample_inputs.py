@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sdm.cli.common import UserError
 from sdm.config.schema import ModelConfig
+from sdm.errors import InputError
 
 SINGLE_CHANNEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "1")
 # Output names in the sample directory that a label file must not take.
@@ -35,11 +35,11 @@ def list_pngs(path: Path, what: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png" and p.is_file())
         if not files:
-            raise UserError(f"{path}: no .png {what} files in this directory")
+            raise InputError(f"{path}: no .png {what} files in this directory")
         return files
     if path.is_file():
         return [path]
-    raise UserError(f"{path}: no such {what} file or directory")
+    raise InputError(f"{path}: no such {what} file or directory")
 
 
 def read_index_png(path: Path, what: str) -> np.ndarray:
@@ -49,19 +49,19 @@ def read_index_png(path: Path, what: str) -> np.ndarray:
             im.load()
             mode, bands = im.mode, len(im.getbands())
             if mode not in SINGLE_CHANNEL_MODES:
-                raise UserError(f"{path}: a multi-channel PNG (mode {mode}, {bands} channels); expected a "
+                raise InputError(f"{path}: a multi-channel PNG (mode {mode}, {bands} channels); expected a "
                                 f"single-channel {what} map (mode L, P or I;16) holding integer ids")
             return np.asarray(im).astype(np.int64)
-    except UserError:
+    except InputError:
         raise
     except Exception as e:  # PIL raises several types for unreadable files
-        raise UserError(f"{path}: cannot read as an image: {e}") from None
+        raise InputError(f"{path}: cannot read as an image: {e}") from None
 
 
 def _check_size(array: np.ndarray, path: Path, what: str, model: ModelConfig) -> None:
     h, w = model.image_size
     if array.shape != (h, w):
-        raise UserError(f"{path}: {what} map is {array.shape[0]}x{array.shape[1]} (HxW) but the model expects "
+        raise InputError(f"{path}: {what} map is {array.shape[0]}x{array.shape[1]} (HxW) but the model expects "
                         f"{h}x{w} (model.image_size of the checkpoint)")
 
 
@@ -74,7 +74,7 @@ def read_label_inputs(labels: Path, instances: Path | None, model: ModelConfig) 
     paths = list_pngs(labels, "label")
     for p in paths:
         if p.stem in RESERVED_STEMS:
-            raise UserError(f"{p}: a label file may not be called {p.name}: {p.stem}.png/.yaml is an output name")
+            raise InputError(f"{p}: a label file may not be called {p.name}: {p.stem}.png/.yaml is an output name")
     maps = []
     for p in paths:
         label = read_index_png(p, "label")
@@ -82,7 +82,7 @@ def read_label_inputs(labels: Path, instances: Path | None, model: ModelConfig) 
         top, low = int(label.max()), int(label.min())
         if top >= model.num_classes or low < 0:
             bad = top if top >= model.num_classes else low
-            raise UserError(f"{p}: label value {bad} found; the model has {model.num_classes} classes, so labels "
+            raise InputError(f"{p}: label value {bad} found; the model has {model.num_classes} classes, so labels "
                             f"must be in 0..{model.num_classes - 1}")
         maps.append(label)
     instance_maps = None
@@ -91,12 +91,12 @@ def read_label_inputs(labels: Path, instances: Path | None, model: ModelConfig) 
             inst_paths = [instances / p.name for p in paths]
             for lp, ip in zip(paths, inst_paths, strict=True):
                 if not ip.is_file():
-                    raise UserError(f"{ip}: missing: label map {lp} needs an instance map of the same name in "
+                    raise InputError(f"{ip}: missing: label map {lp} needs an instance map of the same name in "
                                     f"{instances}")
         else:
             inst_paths = list_pngs(instances, "instance")
             if len(paths) != 1:
-                raise UserError(f"{instances}: one instance file given for {len(paths)} label maps; pass a "
+                raise InputError(f"{instances}: one instance file given for {len(paths)} label maps; pass a "
                                 "directory of instance maps named like the label files")
         instance_maps = []
         for ip in inst_paths:

@@ -13,17 +13,16 @@ from typing import Annotated
 
 import typer
 
-from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, UserError, dry_run_exit, load_config, user_errors
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input (one message, exit code 2)."""
-    from sdm.model import CheckpointError
-    from sdm.train.checkpoint import TrainCheckpointError
-    from sdm.train.preflight import PreflightError
-    from sdm.train.ray_dispatch import ClusterTooSmallError
-
-    return (PreflightError, TrainCheckpointError, CheckpointError, ClusterTooSmallError)
+from sdm.cli.common import (
+    DryRunOpt,
+    ParamsOpt,
+    PresetOpt,
+    SetOpt,
+    dry_run_exit,
+    flag_overrides,
+    load_config,
+    user_errors,
+)
 
 
 def train(
@@ -48,22 +47,20 @@ def train(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Train (or resume) a run: checkpoints, final EMA checkpoint in <storage_path>/<run-name>/final."""
-    cfg = load_config(preset, set_, params)
-    if gpu:
-        set_ = [*(set_ or []), "train.use_gpu=true"]
-        cfg = load_config(preset, set_, params)
+    # --gpu only ever turns GPUs on: without it, train.use_gpu from the config stands.
+    cfg = load_config(preset, set_, params, flag_overrides("train", use_gpu=True if gpu else None))
     dry_run_exit(cfg, dry_run)
-    from sdm.train.launch import train as run_train
-    from sdm.train.ray_dispatch import TrainingFailed
+    from sdm.train import TrainingFailed
+    from sdm.train import train as run_train
 
     with user_errors():
         try:
             result = run_train(cfg, run_name=run_name or cfg.register.model_name, workers=workers,
                                use_gpu=True if gpu else None, phase=phase, init_from=init_from, local=local,
                                log_mlflow=not no_mlflow, experiment=experiment, verbose=verbose)
-        except _input_errors() as e:
-            raise UserError(str(e)) from e
         except TrainingFailed as e:
+            # The run itself failed (workers crashed past train.max_failures): not bad input, but its own
+            # message and exit code 1; the workers' tracebacks are in their logs.
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
     typer.echo(f"final checkpoint: {result.final_dir}")

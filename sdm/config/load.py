@@ -227,9 +227,22 @@ def resolve(
     return cfg
 
 
+# Keys older releases wrote into saved configs (checkpoints' config.json / train_state.json), no longer
+# settings: dropped on reading so those checkpoints still load. Not accepted in params or --set.
+RETIRED_KEYS = {"train": ("fail_at_step",)}  # a test-only fault; tests now install a worker hook
+
+
+def _drop_retired(data: dict[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for section, keys in RETIRED_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
 def from_dict(data: dict[str, Any], section: type = Config, path: str = "") -> Any:
-    """Build and validate a config (or one section) from a plain mapping."""
-    return _build(section, data, path)
+    """Build and validate a config (or one section) from a plain mapping (e.g. a checkpoint's saved config)."""
+    return _build(section, _drop_retired(data) if section is Config else data, path)
 
 
 def dump_yaml(cfg: Any) -> str:

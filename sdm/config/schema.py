@@ -19,7 +19,7 @@ def _f(default: Any = None, *, factory: Any = None, **checks: Any) -> Any:
     return field(default=default, metadata=checks)
 
 
-# The samplers of sdm.diffusion.samplers.SAMPLERS (a test keeps the two equal); here so that
+# The names of sdm.diffusion.SAMPLERS (a test keeps the two equal); here so that
 # config validation does not import torch.
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp", "dpmpp-sde")
 
@@ -95,12 +95,6 @@ class ModelConfig:
         """Channels of the SPADE input: one-hot classes (+1 instance edges)."""
         return self.num_classes + (1 if self.use_instance else 0)
 
-    @classmethod
-    def from_official_args(cls, mapping: dict[str, Any]) -> ModelConfig:
-        from sdm.config.official import model_config_from_official_args
-
-        return model_config_from_official_args(mapping)
-
 
 @dataclass
 class DiffusionConfig:
@@ -164,8 +158,6 @@ class TrainConfig:
     sample_every: int = _f(1000, min=1)
     max_failures: int = _f(2, min=0)
     storage_path: str = "runs"
-    # Fault injection for tests: rank 1 dies once when it reaches this step.
-    fail_at_step: int = -1
 
 
 @dataclass

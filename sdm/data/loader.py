@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from sdm.data.manifest import ManifestError, read_manifest
 from sdm.data.shards import decode_png, read_rows
 from sdm.data.transforms import train_augment
+from sdm.errors import InputError
 
 
 class PreparedDataset(Dataset):
@@ -51,7 +52,7 @@ class PreparedDataset(Dataset):
         self.prepared_dir = Path(prepared_dir)
         self.manifest = read_manifest(self.prepared_dir)
         if split not in self.manifest.counts:
-            raise ValueError(f"{self.prepared_dir}: no split {split!r}; it has {', '.join(self.manifest.counts)}")
+            raise InputError(f"{self.prepared_dir}: no split {split!r}; it has {', '.join(self.manifest.counts)}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         self.split, self.rank, self.world_size, self.seed = split, rank, world_size, seed

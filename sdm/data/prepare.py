@@ -32,6 +32,7 @@ from sdm.data.readers import ItemProblem, load_item
 from sdm.data.shards import ShardWriter, compact_ids, encode_png
 from sdm.data.split import assign_splits
 from sdm.data.transforms import resize_pair
+from sdm.errors import InputError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -110,7 +111,7 @@ def prepare(
     ``extra_files`` (name -> text) are written into the output (the resolved config).
     """
     if on_error not in ("fail", "skip"):
-        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        raise InputError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     fmt = get_format(format_name)
     source, out = Path(source), Path(out)
     size = (int(image_size[0]), int(image_size[1]))

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdm.errors import InputError
+
 PNG_LEVEL = 1  # zlib level: within ~3% of level 3's size on 256 px photos, in ~60% of the time
 
 
@@ -55,7 +57,7 @@ def decode_png(data: bytes, rgb: bool = False) -> np.ndarray:
     flags = cv2.IMREAD_COLOR if rgb else cv2.IMREAD_UNCHANGED
     array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if array is None:
-        raise ValueError("corrupt PNG in a prepared shard (re-run `sdm data prepare`)")
+        raise InputError("corrupt PNG in a prepared shard (re-run `sdm data prepare`)")
     return cv2.cvtColor(array, cv2.COLOR_BGR2RGB) if rgb else array
 
 

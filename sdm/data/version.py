@@ -17,10 +17,16 @@ from typing import Any
 import yaml
 
 from sdm.data.manifest import MANIFEST, read_manifest
+from sdm.errors import InputError
 
 
 class DataVersionError(RuntimeError):
-    """A DVC or git step failed; the message says which and why."""
+    """A DVC or git step failed; the message says which and why.
+
+    Not an InputError: the cause may be the project (no such stage, bad raw data) or
+    an outage (the remote is unreachable), so the flows retry it and ``sdm data
+    version`` reports it as one message with exit code 1, like a failed training run.
+    """
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -129,7 +135,7 @@ def stage_names(root: Path) -> list[str]:
 def repro_and_push(stage: str, root: Path, push: bool = True) -> dict[str, Any]:
     """``dvc repro <stage>`` (+ ``dvc push <stage>``); returns ``data_version_info`` of its output."""
     if stage not in stage_names(root):
-        raise DataVersionError(
+        raise InputError(
             f"{root / 'dvc.yaml'} has no stage {stage!r} (stages: {', '.join(stage_names(root))}); "
             "data/README.md shows how to add a prepare stage for a downloaded dataset"
         )

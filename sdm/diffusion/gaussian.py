@@ -6,8 +6,10 @@ combine two outputs before the process interprets them.
 
 Indices ``t`` below are positions in this process (0 .. num_timesteps - 1).
 For the full process they are the original timesteps; for a respaced one
-(``respace``) ``timestep_map[t]`` is the original timestep the network is fed,
-so a model trained on T = 1000 sees t in 0..999 whatever the step count.
+(``respace``: a K-step process on a subset of the original T timesteps)
+``timestep_map[t]`` is the original timestep the network is fed, as the
+official code does, so a model trained on T = 1000 sees t in 0..999 and
+samples correctly whatever the step count.
 """
 
 from __future__ import annotations
@@ -22,6 +24,27 @@ from torch import Tensor
 from sdm.config.schema import DiffusionConfig
 from sdm.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from sdm.diffusion.schedule import named_beta_schedule
+from sdm.errors import InputError
+
+
+def space_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """``steps`` original timesteps, evenly spaced over [0, T - 1] and rounded; ascending.
+
+    Both ends are always kept (0 and T - 1), as in the official respacing with
+    one section. One step keeps T - 1 (a single denoising from pure noise).
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise InputError(f"cannot respace {num_timesteps} diffusion steps to {steps}; expected 1..{num_timesteps}")
+    if steps == 1:
+        return [num_timesteps - 1]
+    # Accumulating the float stride (rather than i * stride) reproduces the
+    # official code's rounding at ties, so both pick the same timesteps.
+    stride = (num_timesteps - 1) / (steps - 1)
+    kept, position = set(), 0.0
+    for _ in range(steps):
+        kept.add(round(position))
+        position += stride
+    return sorted(kept)
 
 
 def _extract(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
@@ -215,8 +238,19 @@ class GaussianDiffusion:
         loss = mse + self.lambda_vlb * self.num_timesteps * vb
         return {"loss": loss, "mse": mse, "vb": vb}
 
-    def respace(self, steps: int) -> GaussianDiffusion:
-        """A ``steps``-step process on evenly spaced original timesteps (see ``sdm.diffusion.respace``)."""
-        from sdm.diffusion.respace import respace
+    # -- respacing ------------------------------------------------------------
 
-        return respace(self, steps)
+    def respace(self, steps: int) -> GaussianDiffusion:
+        """The process restricted to ``space_timesteps(num_timesteps, steps)``; keeps learn_sigma and lambda_vlb.
+
+        It keeps alpha_bar at the kept timesteps, so its betas are
+        1 - abar[t_i] / abar[t_{i-1}]. Respacing an already respaced process
+        composes the timestep maps.
+        """
+        keep = space_timesteps(self.num_timesteps, steps)
+        alphas_cumprod = self.alphas_cumprod.numpy()[keep]
+        prev = np.append(1.0, alphas_cumprod[:-1])
+        betas = 1.0 - alphas_cumprod / prev
+        timestep_map = self.timestep_map.numpy()[keep]
+        return GaussianDiffusion.from_betas(betas, self.learn_sigma, self.lambda_vlb, timestep_map,
+                                            self.original_num_timesteps)

@@ -32,7 +32,6 @@ from sdm.atomic import replace_dir
 from sdm.config import Config, write_resolved
 from sdm.eval import report
 from sdm.eval.checks import EvaluationInputError, check_compatible, check_split
-from sdm.eval.diversity import lpips_skip_reason
 from sdm.eval.fid import (
     inception_weights_path,
     load_configured_inception,
@@ -41,7 +40,7 @@ from sdm.eval.fid import (
     too_few_reason,
 )
 from sdm.eval.miou import confusion_matrix, mean_iou, per_class_iou
-from sdm.eval.scoring import RealReference, score_samples
+from sdm.eval.scoring import RealReference, lpips_skip_reason, score_samples
 from sdm.eval.sweep import format_scale, pair_name, parse_pairs
 
 
@@ -106,7 +105,7 @@ def _finite(value: float) -> float | None:
 def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate ``req.checkpoint`` on ``req.data`` (see the module docstring); returns metrics.json's content."""
     from sdm.data.manifest import read_manifest
-    from sdm.eval.segmenter_cache import data_key
+    from sdm.eval.cache import data_key
     from sdm.eval.segmenter_train import load_split_arrays
     from sdm.model import load_checkpoint, read_checkpoint_meta
 

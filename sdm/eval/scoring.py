@@ -5,7 +5,13 @@ Conventions (also in the README):
   label maps, from one confusion matrix over the whole set;
 - FSD and FID: repeat 0 (one sample per label map) against the N real images
   of the same label maps, so both sets have the same size whatever R is;
-- feature_diversity: over the R samples of each label map (needs R >= 2).
+- feature_diversity: over the R samples of each label map (needs R >= 2): the
+  mean pairwise Euclidean distance between the unit-normalised segmenter
+  features of the R samples of a label map, averaged over label maps
+  (0 = identical samples; at most 2). It is reported under its own name: it is
+  not LPIPS. LPIPS needs a VGG/AlexNet backbone from torchvision, which cannot
+  be installed beside our torch, so it is reported as skipped with
+  :func:`lpips_skip_reason`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdm.eval.diversity import feature_diversity
+from sdm.config import Config
 from sdm.eval.fid import inception_features, too_few_reason
 from sdm.eval.frechet import feature_statistics, frechet_distance
 from sdm.eval.inception import FIDInceptionV3
@@ -35,6 +41,27 @@ class RealReference:
     seg_features: np.ndarray
     inception_stats: tuple[np.ndarray, np.ndarray] | None
     fid_skip_reason: str | None
+
+
+def feature_diversity(features: np.ndarray) -> float:
+    """features [N, R, D] (R samples for each of N label maps, R >= 2) -> mean pairwise distance."""
+    feats = np.asarray(features, dtype=np.float64)
+    if feats.ndim != 3 or feats.shape[1] < 2:
+        raise ValueError(f"need features [N, R, D] with R >= 2 samples per label map, got shape {feats.shape}")
+    unit = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+    r = feats.shape[1]
+    i, j = np.triu_indices(r, k=1)
+    dists = np.linalg.norm(unit[:, i] - unit[:, j], axis=-1)  # [N, R(R-1)/2]
+    return float(dists.mean())
+
+
+def lpips_skip_reason(config: Config) -> str:
+    """Why LPIPS diversity is not reported (and what is instead)."""
+    where = f" (evaluate.lpips_weights = {config.evaluate.lpips_weights})" if config.evaluate.lpips_weights else ""
+    return (
+        "LPIPS needs an ImageNet VGG/AlexNet backbone from torchvision, which cannot be installed beside this "
+        f"torch{where}; feature_diversity (mean pairwise segmenter-feature distance) is reported instead"
+    )
 
 
 def _fsd(real: np.ndarray, fake: np.ndarray) -> tuple[float | None, str | None]:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from sdm.atomic import atomic_dir
 from sdm.config import Config
-from sdm.eval.cache import cache_root, safe_name, short_hash
+from sdm.eval.cache import cache_root, data_key, safe_name, short_hash
 from sdm.eval.segmenter import ARCH, EvalSegNet, Segmenter, SegmenterError, load_torchscript_segmenter
 
 WEIGHTS = "segmenter.safetensors"
@@ -30,18 +30,6 @@ def _settings(config: Config) -> dict:
     s = config.evaluate.segmenter
     return {"arch": ARCH, "width": s.width, "steps": s.steps, "lr": s.lr, "batch_size": s.batch_size,
             "seed": config.evaluate.seed}
-
-
-def data_key(prepared_dir: str | Path) -> tuple[str, str]:
-    """(cache key, full data version) of a prepared dataset.
-
-    The key is the content hash alone: the full version also names the git
-    commit, which changes with every code commit while the data does not.
-    """
-    from sdm.data.version import data_version_info
-
-    info = data_version_info(prepared_dir)
-    return f"{info['hash_source']}-{info['hash'][:16]}", info["version"]
 
 
 def cached_segmenter_dir(key: str, config: Config) -> Path:

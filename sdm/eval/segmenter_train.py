@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from sdm.config import DataConfig, SegmenterConfig
 from sdm.eval.miou import confusion_matrix, mean_iou, per_class_iou
-from sdm.eval.segmenter import ARCH, EvalSegNet, Segmenter, uint8_from_model_range
+from sdm.eval.segmenter import ARCH, EvalSegNet, Segmenter, SegmenterError, uint8_from_model_range
 
 
 def load_split_arrays(prepared_dir: str | Path, split: str, limit: int = 0) -> dict[str, object]:
@@ -72,8 +72,8 @@ def train_segmenter(
     ds = PreparedDataset(prepared_dir, split="train", augment=True, seed=seed, random_crop=data_config.random_crop,
                          random_flip=data_config.random_flip, crop_scale=tuple(data_config.crop_scale))
     if len(ds) == 0:
-        raise ValueError(f"{prepared_dir}: the train split is empty; the evaluation segmenter needs real "
-                         "training images")
+        raise SegmenterError(f"{prepared_dir}: the train split is empty; the evaluation segmenter needs real "
+                             "training images")
     net = EvalSegNet(num_classes, width=config.width).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     # Cosine decay to 0 over the run: a short schedule still ends converged.

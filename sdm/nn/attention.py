@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdm.errors import InputError
 from sdm.nn.layers import group_norm, maybe_checkpoint, zero_init
 
 
@@ -15,11 +16,11 @@ def resolve_heads(channels: int, num_heads: int, num_head_channels: int) -> int:
         heads = num_heads
     else:
         if num_head_channels <= 0 or channels % num_head_channels:
-            raise ValueError(f"attention over {channels} channels: model.num_head_channels={num_head_channels} "
+            raise InputError(f"attention over {channels} channels: model.num_head_channels={num_head_channels} "
                              f"must divide the channel count")
         heads = channels // num_head_channels
     if heads <= 0 or channels % heads:
-        raise ValueError(f"attention over {channels} channels: {heads} heads do not divide the channel count "
+        raise InputError(f"attention over {channels} channels: {heads} heads do not divide the channel count "
                          f"(set model.num_heads or model.num_head_channels)")
     return heads
 

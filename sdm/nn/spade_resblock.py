@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from sdm.nn.layers import maybe_checkpoint, zero_init
 from sdm.nn.resblock import resample_fn
-from sdm.nn.spade import SPADEGroupNorm
-
-if TYPE_CHECKING:
-    from sdm.nn.spade_cache import SpadeCache
+from sdm.nn.spade import SpadeCache, SPADEGroupNorm
 
 
 class SPADEResBlock(nn.Module):

@@ -11,9 +11,13 @@ A training checkpoint is a directory ``checkpoint-<phase>-<step:07d>``:
   data version, the byte size of every file, for a completeness check).
 
 No generator state is stored: all randomness is derived from (seed, phase,
-step, sample index) (see ``sdm.train.rng``). Directories are written to a
+step, sample index) (see ``sdm.train.data_order``). Directories are written to a
 temporary sibling and renamed into place; ``CheckpointStore`` keeps the last K.
 Nothing here unpickles.
+
+Where the loop's checkpoints go is a ``CheckpointSink``: ``LocalCheckpointSink``
+(the run directory) here; the Ray one (Ray Train's storage) lives with the Ray
+code in ``sdm.train.ray_run``, so this module never imports Ray.
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sdm.errors import InputError
+from sdm.train.distributed import WorkerContext, barrier
 
 FORMAT = "sdm-train-checkpoint"
 VERSION = 1
@@ -236,3 +242,27 @@ class CheckpointStore:
 
     def latest(self) -> Path | None:
         return latest_checkpoint(self.root)
+
+
+class CheckpointSink(Protocol):
+    """Where checkpoints go (a local folder, or Ray Train's storage). Called on every rank."""
+
+    def save(self, make_state: Callable[[], TrainState], name: str, metrics: dict[str, float]) -> str:
+        """Persist the state (built on rank 0 only); returns where it went."""
+        ...
+
+
+class LocalCheckpointSink:
+    """Runs without Ray: rank 0 writes ``<run_dir>/checkpoint-<phase>-<step>/`` (the newest ``keep`` kept)."""
+
+    def __init__(self, run_dir: str | Path, keep: int, ctx: WorkerContext) -> None:
+        self.store = CheckpointStore(run_dir, keep)
+        self.ctx = ctx
+
+    def save(self, make_state: Callable[[], TrainState], name: str, metrics: dict[str, float]) -> str:
+        path = self.store.save(make_state()) if self.ctx.is_main else self.store.root / name
+        barrier(self.ctx)  # nobody runs ahead of a checkpoint that might be needed to resume
+        return str(path)
+
+    def latest(self) -> Path | None:
+        return self.store.latest()

@@ -3,25 +3,29 @@
 The driver owns the run's visibility: the progress line, ``train_log.jsonl``
 and MLflow logging are hooks fed by rank 0's events (relayed from the Ray
 workers). Everything that can be wrong with the input is checked here, before
-any worker starts (``sdm.train.preflight``).
+any worker starts (``sdm.train.preflight``). One MLflow run per training run
+directory: its id is kept in ``<run_dir>/mlflow_run.json`` and a rerun that
+resumes logs into the same run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdm.config import Config, ConfigError, to_dict, write_resolved
 from sdm.registry.lineage import git_commit
-from sdm.train.hooks import HookList, TrainHooks
-from sdm.train.phases import resolve_phases
+from sdm.train.events import ConsoleProgress, Hook, Hooks, Launching, MlflowLogger, RunLog
+from sdm.train.loop import resolve_phases
 from sdm.train.preflight import Preflight, preflight
-from sdm.train.progress import ConsoleProgress
-from sdm.train.run_log import RunLog
+from sdm.train.worker import FINAL_DIR, WorkerPayload
+
+RUN_FILE = "mlflow_run.json"
 
 
 @dataclass
@@ -45,49 +49,79 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"train": {"pretrain": {"lr": 1e-4}}} -> {"train.pretrain.lr": "0.0001"}."""
+    out: dict[str, str] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def start_run(config: Config, run_dir: Path, run_name: str, experiment: str,
+              params: dict[str, Any]) -> tuple[Any, str, bool]:
+    """(client, run id, resumed): the run recorded in ``run_dir``, or a new one with the params logged."""
+    import mlflow
+    from mlflow.entities import Param, RunStatus
+    from mlflow.exceptions import MlflowException
+
+    from sdm.tracking import ensure_experiment, tracking_uri
+
+    uri = tracking_uri(config)
+    experiment_id = ensure_experiment(experiment, config)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    record = run_dir / RUN_FILE
+    if record.exists():
+        saved = json.loads(record.read_text())
+        if saved.get("tracking_uri") == uri:
+            try:
+                client.get_run(saved["run_id"])
+                client.update_run(saved["run_id"], status=RunStatus.to_string(RunStatus.RUNNING))
+                return client, saved["run_id"], True
+            except MlflowException:
+                pass  # deleted from the store: start a new one
+    run = client.create_run(experiment_id, run_name=run_name, tags={"sdm.kind": "train", "sdm.run_dir": str(run_dir)})
+    run_id = run.info.run_id
+    all_params = {**flatten(to_dict(config)), **{k: str(v) for k, v in params.items()}}
+    items = [Param(k, v[:6000]) for k, v in all_params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment": experiment}, indent=1))
+    tmp.replace(record)
+    return client, run_id, False
+
+
+def end_run(client: Any, run_id: str, ok: bool) -> None:
+    from mlflow.entities import RunStatus
+
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
 def build_payload(config: Config, run_dir: Path, phases: list[str], pre: Preflight, init_from: Path | None,
-                  meta: dict[str, Any]) -> dict[str, Any]:
-    """What every worker gets (plain data, so it crosses to Ray workers on any node)."""
-    return {
-        "config": to_dict(config),
-        "run_dir": str(run_dir),
-        "phases": phases,
-        "init_from": str(init_from.resolve()) if init_from is not None else None,
-        "data_version": pre.data_version,
-        "splits": pre.manifest.splits,
-        "meta": meta,
-        "use_gpu": config.train.use_gpu,
-        "cpus_per_worker": config.train.cpus_per_worker,
-    }
+                  meta: dict[str, Any], worker_hooks: Sequence[Hook] = ()) -> WorkerPayload:
+    """What every worker gets (see ``WorkerPayload``)."""
+    return WorkerPayload(config=config, run_dir=run_dir, phases=tuple(phases),
+                         init_from=init_from.resolve() if init_from is not None else None,
+                         data_version=pre.data_version, splits=tuple(pre.manifest.splits), meta=meta,
+                         worker_hooks=tuple(worker_hooks))
 
 
-def _run_local(payload: dict[str, Any], hooks: TrainHooks) -> None:
+def _run_local(payload: WorkerPayload, hooks: Hook) -> None:
     """One worker in this process (no Ray): checkpoints straight into the run directory."""
     import torch
 
-    from sdm.config import from_dict
-    from sdm.train.checkpoint import latest_checkpoint
-    from sdm.train.data_setup import sample_grid_factory, training_dataset
+    from sdm.train.checkpoint import LocalCheckpointSink, latest_checkpoint
     from sdm.train.distributed import WorkerContext
-    from sdm.train.runner import run_training
-    from sdm.train.sinks import LocalCheckpointSink
+    from sdm.train.worker import run_worker
 
-    config = from_dict(payload["config"])
-    device = torch.device("cuda" if payload["use_gpu"] else "cpu")
-    if device.type == "cpu":
-        # The same threads a Ray worker gets: torch's default (all cores) oversubscribes a busy machine.
-        torch.set_num_threads(max(1, int(payload["cpus_per_worker"])))
-    ctx = WorkerContext(device=device)
-    run_dir = Path(payload["run_dir"])
-    run_training(
-        config, run_dir, ctx=ctx, phases=payload["phases"],
-        sink=LocalCheckpointSink(run_dir, config.train.keep_checkpoints, ctx), hooks=hooks,
-        dataset=training_dataset(config), resume=latest_checkpoint(run_dir),
-        init_from=Path(payload["init_from"]) if payload["init_from"] else None,
-        data_version=payload["data_version"],
-        sampler_factory=sample_grid_factory(config, payload["splits"], payload["meta"].get("palette")),
-        meta=payload["meta"],
-    )
+    ctx = WorkerContext(device=torch.device("cuda" if payload.config.train.use_gpu else "cpu"))
+    run_worker(payload, ctx=ctx, sink=LocalCheckpointSink(payload.run_dir, payload.config.train.keep_checkpoints, ctx),
+               hooks=hooks, resume=latest_checkpoint(payload.run_dir))
 
 
 def train(
@@ -103,16 +137,16 @@ def train(
     experiment: str | None = None,
     verbose: bool = False,
     echo: Callable[[str], Any] | None = None,
+    worker_hooks: Sequence[Hook] = (),
 ) -> TrainResult:
     """Train (or resume) run ``run_name`` under ``train.storage_path``; returns where the final checkpoint is.
 
     ``workers`` / ``use_gpu`` override ``train.workers`` / ``train.use_gpu``;
     ``phase`` is all, pretrain or finetune (default ``train.phases``);
     ``local`` runs one worker in this process instead of on Ray.
+    ``worker_hooks`` run inside every worker on every rank (picklable: they travel to Ray workers);
+    each sees ``Launching`` here first and may refuse the run with a ConfigError.
     """
-    from sdm.train.mlflow_hook import MlflowLogger, end_run, start_run
-    from sdm.train.runner import FINAL_DIR
-
     say = echo or (lambda s: print(s, file=sys.stdout, flush=True))
     check_run_name(run_name)
     tc = config.train
@@ -129,6 +163,7 @@ def train(
     phases = resolve_phases(config, phase)
     init_path = Path(init_from) if init_from else None
     pre = preflight(config, run_dir, workers=workers, phases=phases, init_from=init_path)
+    Hooks(worker_hooks).handle(Launching(workers=workers, run_dir=run_dir))
     for note in pre.notes:
         say(f"[train] note: {note}")
     where = "this process" if local else f"{workers} Ray worker(s){' with GPUs' if use_gpu else ''}"
@@ -139,7 +174,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_resolved(config, run_dir, "config.yaml")
 
-    hooks: list[TrainHooks] = [ConsoleProgress(say), RunLog(run_dir)]
+    hooks: list[Hook] = [ConsoleProgress(say), RunLog(run_dir)]
     client = run_id = None
     if log_mlflow:
         params = {"sdm.run_name": run_name, "sdm.data_version": pre.data_version, "sdm.phases": ",".join(phases),
@@ -150,20 +185,20 @@ def train(
         say(f"[train] MLflow run {run_id}{' (continued)' if resumed else ''}")
     meta = {"run_name": run_name, "class_names": pre.manifest.class_names, "palette": pre.manifest.palette,
             "mlflow_run_id": run_id, "data_version": pre.data_version, "git_commit": git_commit()}
-    payload = build_payload(config, run_dir, phases, pre, init_path, meta)
+    payload = build_payload(config, run_dir, phases, pre, init_path, meta, worker_hooks)
 
     ok = False
     try:
         if local:
-            _run_local(payload, HookList(hooks))
+            _run_local(payload, Hooks(hooks))
         else:
-            from sdm.train.ray_dispatch import RaySettings, run_on_ray
+            from sdm.train.ray_run import RaySettings, run_on_ray
 
             settings = RaySettings(workers=workers, use_gpu=use_gpu, cpus_per_worker=config.train.cpus_per_worker,
                                    storage_path=Path(config.train.storage_path), run_name=run_name,
                                    max_failures=config.train.max_failures,
                                    keep_checkpoints=config.train.keep_checkpoints, verbose=verbose)
-            run_on_ray(payload, settings, HookList(hooks))
+            run_on_ray(payload, settings, Hooks(hooks))
         ok = True
     finally:
         if client is not None and run_id is not None:

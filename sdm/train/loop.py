@@ -1,4 +1,7 @@
-"""The training loop of one phase: plain torch + torch.distributed (no Ray, no MLflow here).
+"""The run's phases (pretrain, finetune) and the training loop of one: plain torch + torch.distributed.
+
+No Ray, no MLflow here: the loop emits events (``sdm.train.events``) to the
+hooks it is given and hands checkpoints to a sink (``sdm.train.checkpoint``).
 
 Per step: this rank's slice of the global batch -> segmap (one-hot + edges) ->
 guidance drop -> hybrid loss at uniform timesteps -> backward (DDP averages
@@ -12,9 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,32 +25,64 @@ import torch
 from torch import nn
 
 from sdm.conditioning import apply_drop, make_segmap
-from sdm.config import Config, PhaseConfig, to_dict
-from sdm.train.batches import TrainingDataset, local_positions, step_batches
-from sdm.train.checkpoint import TrainState
+from sdm.config import Config, ConfigError, PhaseConfig, to_dict
+from sdm.train.checkpoint import CheckpointSink, TrainState
+from sdm.train.data_order import (
+    DataOrder,
+    TrainingDataset,
+    local_positions,
+    sample_randomness,
+    step_batches,
+    step_torch_seed,
+)
 from sdm.train.distributed import WorkerContext, all_reduce_sum
-from sdm.train.ema import EMA
-from sdm.train.hooks import PhaseInfo, StepLog, TrainHooks
-from sdm.train.lr_schedule import lr_at
-from sdm.train.rng import DataOrder, sample_randomness, step_torch_seed
+from sdm.train.events import CheckpointSaved, Hook, PhaseInfo, PhaseStart, SampleSaved, StepLog, StepStart
+from sdm.train.optim import EMA, lr_at, make_optimizer
 
-FAULT_MARKER = "fault_injected"
+PHASE_ORDER = ("pretrain", "finetune")
+
+
+def resolve_phases(config: Config, phase: str | None = None) -> list[str]:
+    """The phases to run: ``phase`` ("all", "pretrain", "finetune") or ``config.train.phases``."""
+    if phase in (None, ""):
+        names = list(config.train.phases)
+    elif phase == "all":
+        names = list(PHASE_ORDER)
+    elif phase in PHASE_ORDER:
+        names = [phase]
+    else:
+        raise ConfigError(f"--phase {phase!r}: expected all, pretrain or finetune")
+    if not names:
+        raise ConfigError("train.phases is empty: list pretrain and/or finetune")
+    unknown = [n for n in names if n not in PHASE_ORDER]
+    if unknown:
+        raise ConfigError(f"train.phases: unknown phase(s) {unknown}; expected pretrain and/or finetune")
+    if len(set(names)) != len(names) or names != sorted(names, key=PHASE_ORDER.index):
+        raise ConfigError(f"train.phases {names}: each phase at most once, pretrain before finetune")
+    return names
+
+
+def plan_phases(config: Config, names: Sequence[str]) -> list[PhaseInfo]:
+    """The run's phases with their step offsets; phases with 0 steps are kept (they train nothing)."""
+    cfgs = [(n, getattr(config.train, n)) for n in names]
+    total = sum(c.steps for _, c in cfgs)
+    plan, offset = [], 0
+    for name, cfg in cfgs:
+        plan.append(PhaseInfo(name, PHASE_ORDER.index(name), cfg, offset, total))
+        offset += cfg.steps
+    if total == 0:
+        raise ConfigError(f"train: every phase of {list(names)} has 0 steps; set train.<phase>.steps")
+    return plan
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradients became NaN/inf: training stops rather than corrupt the weights."""
 
 
-class CheckpointSink(Protocol):
-    """Where checkpoints go (a local folder, or Ray Train's storage). Called on every rank."""
-
-    def save(self, make_state: Callable[[], TrainState], name: str, metrics: dict[str, float]) -> str:
-        """Persist the state (built on rank 0 only); returns where it went."""
-        ...
-
-
 class SampleRenderer(Protocol):
-    def render(self, ema_state: dict[str, torch.Tensor], path: Path, guidance_scale: float) -> Path: ...
+    def render(self, ema_state: dict[str, torch.Tensor], path: Path, guidance_scale: float) -> Path:
+        """Sample the EMA weights at ``guidance_scale``; save the grid PNG at ``path``."""
+        ...
 
 
 def grid_guidance_scale(config: Config, phase: PhaseInfo) -> float:
@@ -56,8 +90,6 @@ def grid_guidance_scale(config: Config, phase: PhaseInfo) -> float:
 
     Before any label drop (the paper's pretrain) the unconditional branch is untrained, so
     guidance would only add noise to the picture of how training goes."""
-    from sdm.train.phases import PHASE_ORDER
-
     trained_null = any(getattr(config.train, name).drop_rate > 0 for name in PHASE_ORDER[:phase.index + 1])
     return config.sample.guidance_scale if trained_null else 1.0
 
@@ -71,7 +103,7 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
 
 @dataclass
 class LoopParts:
-    """Everything a phase trains with, built once per run by ``sdm.train.runner``."""
+    """Everything a phase trains with, built once per run by ``sdm.train.worker``."""
 
     config: Config
     ctx: WorkerContext
@@ -81,7 +113,7 @@ class LoopParts:
     diffusion: Any  # sdm.diffusion.GaussianDiffusion
     dataset: TrainingDataset
     sink: CheckpointSink
-    hooks: TrainHooks
+    hooks: Hook  # this rank's: every rank gets StepStart, rank 0 also the events the driver shows
     run_dir: Path
     data_version: str = ""
     sampler: SampleRenderer | None = None
@@ -135,28 +167,11 @@ class _Meter:
         return out
 
 
-def _inject_fault(parts: LoopParts, global_step: int) -> None:
-    """``train.fail_at_step``: rank 1 dies once (a marker in the run dir makes the restart survive)."""
-    k = parts.config.train.fail_at_step
-    if k < 0 or global_step != k or parts.ctx.rank != 1:
-        return
-    marker = parts.run_dir / FAULT_MARKER
-    if marker.exists():
-        return
-    marker.write_text(f"rank 1 exited at run step {k} (train.fail_at_step)\n")
-    print(f"[train] fault injection: rank 1 exits at run step {k}", flush=True)
-    os._exit(17)
-
-
-def make_optimizer(model: nn.Module, phase_cfg: PhaseConfig, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(model.parameters(), lr=phase_cfg.lr, weight_decay=weight_decay)
-
-
-def train_phase(parts: LoopParts, phase: PhaseInfo, phase_cfg: PhaseConfig,
-                optimizer_state: dict[str, Any] | None = None) -> None:
+def train_phase(parts: LoopParts, phase: PhaseInfo, optimizer_state: dict[str, Any] | None = None) -> None:
     """Run ``phase`` from ``phase.start_step`` to ``phase.steps`` (continuing ``optimizer_state`` when given)."""
     cfg, ctx = parts.config, parts.ctx
     tc = cfg.train
+    phase_cfg: PhaseConfig = phase.cfg
     optimizer = make_optimizer(parts.model, phase_cfg, tc.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -168,13 +183,13 @@ def train_phase(parts: LoopParts, phase: PhaseInfo, phase_cfg: PhaseConfig,
     max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
     parts.net.train()
     if ctx.is_main:
-        parts.hooks.on_phase_start(phase)
+        parts.hooks.handle(PhaseStart(phase))
 
     batches = step_batches(parts.dataset, order, phase.start_step, phase.steps, positions,
                            num_workers=cfg.data.loader_workers)
     lr = lr_at(phase.start_step, phase_cfg) if phase.start_step < phase.steps else 0.0
     for step, batch in zip(range(phase.start_step, phase.steps), batches, strict=True):
-        _inject_fault(parts, phase.global_offset + step)
+        parts.hooks.handle(StepStart(phase, step, ctx.rank))
         lr = lr_at(step, phase_cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -206,7 +221,7 @@ def train_phase(parts: LoopParts, phase: PhaseInfo, phase_cfg: PhaseConfig,
         if done % tc.log_every == 0 or last:
             log = StepLog(phase=phase, step=done, metrics=meter.metrics(ctx, tc.batch_size, lr))
             if ctx.is_main:
-                parts.hooks.on_log(log)
+                parts.hooks.handle(log)
             meter.reset()
         if done % tc.checkpoint_every == 0 or last:
             _save(parts, phase, done, optimizer)
@@ -214,7 +229,7 @@ def train_phase(parts: LoopParts, phase: PhaseInfo, phase_cfg: PhaseConfig,
             scale = grid_guidance_scale(cfg, phase)
             path = parts.sampler.render(parts.ema.state_dict(), parts.run_dir / "samples" /
                                         f"{phase.name}-{done:07d}-s{scale:g}.png", scale)
-            parts.hooks.on_sample(phase, done, path)
+            parts.hooks.handle(SampleSaved(phase, done, path))
         if last or done % tc.checkpoint_every == 0 or done % tc.sample_every == 0:
             meter.started = time.perf_counter()  # img/s measures training, not checkpoints or grids
 
@@ -232,4 +247,4 @@ def _save(parts: LoopParts, phase: PhaseInfo, done: int, optimizer: torch.optim.
     where = parts.sink.save(make_state, f"checkpoint-{phase.name}-{done:07d}",
                             {"phase_index": phase.index, "step": done, "global_step": phase.global_offset + done})
     if parts.ctx.is_main:
-        parts.hooks.on_checkpoint(phase, done, where)
+        parts.hooks.handle(CheckpointSaved(phase, done, where))

@@ -3,8 +3,7 @@
 - the prepared data is missing (the message names the command that makes it);
 - the dataset's classes / image size differ from the model's;
 - the global batch does not split evenly over the workers, or exceeds the training split;
-- a resume (or ``--init-from``) whose model shape differs from this config;
-- fault injection asked of a run with no rank 1.
+- a resume (or ``--init-from``) whose model shape differs from this config.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from sdm.config import Config, ConfigError, ModelConfig, from_dict
 from sdm.data.manifest import Manifest, read_manifest
 from sdm.errors import InputError
 from sdm.train.checkpoint import latest_checkpoint, read_state_json
-from sdm.train.phases import plan_phases
+from sdm.train.loop import plan_phases
 
 # Model settings that change no parameter shape (how it runs, not what it is).
 RUNTIME_MODEL_KEYS = {"use_checkpoint", "use_fp16", "dropout"}
@@ -56,8 +55,6 @@ def check_config(config: Config, workers: int, phases: list[str]) -> None:
     if tc.batch_size % workers:
         raise ConfigError(f"train.batch_size {tc.batch_size} is not divisible by {workers} workers: "
                           f"use a multiple of {workers} (e.g. {max(workers, tc.batch_size // workers * workers)})")
-    if tc.fail_at_step >= 0 and workers < 2:
-        raise ConfigError(f"train.fail_at_step {tc.fail_at_step} kills rank 1, but the run has {workers} worker")
 
 
 def check_data(config: Config, manifest: Manifest, prepared: Path) -> int:

@@ -1,8 +1,9 @@
-"""Exponential moving average (EMA) of the model weights.
+"""How the weights move: AdamW at the phase's scheduled learning rate, and their exponential moving average (EMA).
 
-Sampling uses the EMA weights (the paper's 0.9999 over long runs). A fixed
-rate over a short run leaves a large share of the random initialisation in
-the average (0.999 ** 1200 = 0.30), so the rate warms up as
+The learning rate warms up linearly, then stays constant or decays on a
+cosine (per phase). Sampling uses the EMA weights (the paper's 0.9999 over
+long runs). A fixed rate over a short run leaves a large share of the random
+initialisation in the average (0.999 ** 1200 = 0.30), so the rate warms up as
 ``min(rate, (1 + n) / (10 + n))`` after ``n`` updates (the schedule of
 TensorFlow's ``ExponentialMovingAverage(num_updates=...)``). With ``warmup``
 off, the update is exactly the official ``update_ema``.
@@ -10,8 +11,36 @@ off, the update is exactly the official ``update_ema``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from sdm.config import PhaseConfig
+
+
+def lr_at(step: int, phase: PhaseConfig) -> float:
+    """The learning rate for the step that follows ``step`` completed steps of a phase.
+
+    Warmup ramps linearly from lr / warmup_steps up to lr over ``warmup_steps``;
+    then ``constant`` keeps lr and ``cosine`` decays it to 0 at ``phase.steps``.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if phase.warmup_steps > 0 and step < phase.warmup_steps:
+        return phase.lr * (step + 1) / phase.warmup_steps
+    if phase.lr_schedule == "constant":
+        return phase.lr
+    if phase.lr_schedule == "cosine":
+        decay_steps = max(1, phase.steps - phase.warmup_steps)
+        progress = min(1.0, (step - phase.warmup_steps) / decay_steps)
+        return phase.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr_schedule {phase.lr_schedule!r} (expected constant or cosine)")
+
+
+def make_optimizer(model: nn.Module, phase_cfg: PhaseConfig, weight_decay: float) -> torch.optim.AdamW:
+    """A fresh AdamW over all of ``model``'s parameters at the phase's base lr."""
+    return torch.optim.AdamW(model.parameters(), lr=phase_cfg.lr, weight_decay=weight_decay)
 
 
 class EMA:

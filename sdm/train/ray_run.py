@@ -1,22 +1,37 @@
-"""The driver side of a Ray training run: connect to (or start) a cluster, build the TorchTrainer, relay events.
+"""Training on Ray Train: the driver side (cluster, TorchTrainer, event relay) and what runs in each worker.
 
-``RAY_ADDRESS`` set: connect to that cluster. Unset: start a local one sized
-to this machine. A ``TorchTrainer`` rerun with the same storage path and name
-resumes from its last checkpoint; a dead worker makes Ray restart the group
-from the latest checkpoint, up to ``train.max_failures`` times.
+Driver: ``RAY_ADDRESS`` set: connect to that cluster. Unset: start a local
+one sized to this machine. A ``TorchTrainer`` rerun with the same storage path
+and name resumes from its last checkpoint; a dead worker makes Ray restart the
+group from the latest checkpoint, up to ``train.max_failures`` times.
+
+Workers: checkpoints keep our format (safetensors + JSON) inside the
+directories Ray Train manages (``<storage_path>/<run-name>/checkpoint-<phase>-<step>``):
+rank 0 writes one and reports it, the other ranks report metrics only
+(``report`` is a barrier), and every rank then waits until Ray has committed
+it, so a worker that dies right after a checkpoint cannot lose it. A
+restarted worker group resumes from ``ray.train.get_checkpoint()``.
+
+Rank 0 puts its events (progress, checkpoints, sample grids) on a Ray queue
+as they are; a thread in the driver hands them to the driver's hooks.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdm.errors import InputError
-from sdm.train.hooks import TrainHooks
+from sdm.train.checkpoint import TrainState, latest_checkpoint, read_train_state, write_train_state
+from sdm.train.distributed import WorkerContext
+from sdm.train.events import Event, Hook
+from sdm.train.worker import WorkerPayload
 
 # Ray Train V2 routes worker prints through logging as well as stdout; one copy is enough.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -40,6 +55,9 @@ class RaySettings:
     max_failures: int
     keep_checkpoints: int
     verbose: bool = False
+
+
+# ---- driver side -------------------------------------------------------------------------------------------
 
 
 def ensure_ray(verbose: bool = False) -> bool:
@@ -80,19 +98,17 @@ def check_cluster(settings: RaySettings) -> None:
                                "to a bigger cluster")
 
 
-def build_trainer(payload: dict[str, Any], settings: RaySettings) -> Any:
+def build_trainer(payload: WorkerPayload, settings: RaySettings, queue: Any) -> Any:
     """The ``TorchTrainer`` for this run (ScalingConfig, RunConfig, FailureConfig, CheckpointConfig)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from sdm.train.ray_worker import train_worker
 
     resources: dict[str, float] = {"CPU": settings.cpus_per_worker}
     if settings.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         train_worker,
-        train_loop_config=payload,
+        train_loop_config={"payload": payload, "queue": queue},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -106,9 +122,9 @@ def build_trainer(payload: dict[str, Any], settings: RaySettings) -> Any:
 
 
 class _Relay(threading.Thread):
-    """Pulls rank 0's events off the queue and calls the driver's hooks."""
+    """Pulls rank 0's events off the queue and hands them to the driver's hooks."""
 
-    def __init__(self, queue: Any, hooks: TrainHooks) -> None:
+    def __init__(self, queue: Any, hooks: Hook) -> None:
         super().__init__(daemon=True, name="sdm-train-relay")
         self.queue, self.hooks = queue, hooks
         self.stop = threading.Event()
@@ -117,13 +133,11 @@ class _Relay(threading.Thread):
     def _drain_one(self, timeout: float) -> bool:
         from ray.util.queue import Empty
 
-        from sdm.train.ray_worker import dispatch_event
-
         try:
             event = self.queue.get(timeout=timeout)
         except Empty:
             return False
-        dispatch_event(self.hooks, event)
+        self.hooks.handle(event)
         return True
 
     def run(self) -> None:
@@ -136,8 +150,8 @@ class _Relay(threading.Thread):
             self.error = e
 
 
-def run_on_ray(payload: dict[str, Any], settings: RaySettings, hooks: TrainHooks) -> Any:
-    """Fit the TorchTrainer while relaying events to ``hooks``; returns Ray's Result."""
+def run_on_ray(payload: WorkerPayload, settings: RaySettings, hooks: Hook) -> Any:
+    """Fit the TorchTrainer while relaying rank 0's events to ``hooks``; returns Ray's Result."""
     import ray
     from ray.train import TrainingFailedError
     from ray.util.queue import Queue
@@ -147,7 +161,7 @@ def run_on_ray(payload: dict[str, Any], settings: RaySettings, hooks: TrainHooks
         check_cluster(settings)
         queue = Queue(actor_options={"num_cpus": 0})
         relay = _Relay(queue, hooks)
-        trainer = build_trainer({**payload, "queue": queue}, settings)
+        trainer = build_trainer(payload, settings, queue)
         relay.start()
         try:
             result = trainer.fit()
@@ -165,3 +179,70 @@ def run_on_ray(payload: dict[str, Any], settings: RaySettings, hooks: TrainHooks
     finally:
         if started:
             ray.shutdown()
+
+
+# ---- worker side -------------------------------------------------------------------------------------------
+
+
+class QueueRelay(Hook):
+    """Rank 0's hook in a Ray worker: each event meant for the driver goes onto the queue as it is."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def handle(self, event: Event) -> None:
+        if event.to_driver:
+            self.queue.put(event)
+
+
+class RayCheckpointSink:
+    """Checkpoints into Ray Train's storage, committed before training goes on."""
+
+    def __init__(self, ctx: WorkerContext, run_dir: Path) -> None:
+        self.ctx = ctx
+        self.run_dir = run_dir
+
+    def save(self, make_state: Callable[[], TrainState], name: str, metrics: dict[str, float]) -> str:
+        import ray.train
+        from ray.train import Checkpoint, CheckpointConsistencyMode
+
+        if self.ctx.is_main:
+            with tempfile.TemporaryDirectory(prefix="sdm-ckpt-") as tmp:
+                path = write_train_state(Path(tmp) / name, make_state())
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(path)), checkpoint_dir_name=name)
+        else:
+            ray.train.report(metrics, checkpoint_dir_name=name)
+        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+        return str(self.run_dir / name)
+
+
+def _resume_point(run_dir: Path) -> tuple[TrainState | None, str | None]:
+    """Ray's latest committed checkpoint; else the newest of ours in the run dir (e.g. from ``--local``)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            return read_train_state(d), Path(checkpoint.path).name
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        return read_train_state(latest), latest.name
+    return None, None
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train function: ``run_worker`` with Ray's rank, device, checkpoint storage and event queue."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from sdm.train.worker import run_worker
+
+    payload: WorkerPayload = loop_config["payload"]
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device() if payload.config.train.use_gpu else torch.device("cpu")
+    ctx = WorkerContext(rank=context.get_world_rank(), world_size=context.get_world_size(),
+                        local_rank=context.get_local_rank(), device=device)
+    state, source = _resume_point(payload.run_dir)
+    run_worker(payload, ctx=ctx, sink=RayCheckpointSink(ctx, payload.run_dir),
+               hooks=QueueRelay(loop_config["queue"]) if ctx.is_main else None, resume=state, resume_name=source)
