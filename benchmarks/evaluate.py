@@ -31,7 +31,7 @@ from sdm.config import resolve  # noqa: E402
 from sdm.eval.runner import EvalRequest, default_device, run_evaluation  # noqa: E402
 from sdm.eval.sweep import format_scale, parse_pairs, parse_scales  # noqa: E402
 
-METRICS = ("miou", "fsd", "feature_diversity", "fid", "seconds_per_image")
+METRICS = ("miou", "fsd", "feature_diversity", "fid", "kid", "kid_std", "seconds_per_image")
 
 
 def _newest_final(storage: Path) -> Path | None:
@@ -87,6 +87,11 @@ def main() -> int:
 
     print(f"\nsegmenter mIoU on real {args.split} images (ceiling): {m['segmenter_miou_real']:.4f}; "
           f"{m['num_images']} label maps x {m['repeats']} samples")
+    floor = {k: m.get(f"real_floor/{k}") for k in ("fid", "kid", "kid_std")}
+    print("real-vs-real floor (two disjoint halves of the split): " +
+          ", ".join(f"{k} {_cell(m, f'real_floor/{k}')}" for k in floor) +
+          "".join(f"\n  {k}: skipped ({m['skipped'][f'real_floor/{k}']})" for k in floor
+                  if floor[k] is None and f"real_floor/{k}" in m["skipped"]))
     print(f"\nguidance ({cfg.evaluate.sampler}:{cfg.evaluate.steps})")
     print("| guidance | " + " | ".join(METRICS) + " |")
     print("|---" * (len(METRICS) + 1) + "|")
@@ -119,6 +124,10 @@ def main() -> int:
                 "WORSE by more than 5%"
             print(f"claim (ours): {fast_sampler}:25 {x} {fast:.4f} vs ddpm:1000 {ref:.4f}: {100 * rel:+.1f}% -> "
                   f"{verdict}")
+    g = format_scale(scales[-1])
+    for k in ("fid", "kid"):
+        if f"{k}@{g}" in m["skipped"]:
+            print(f"{k}@{g}: skipped ({m['skipped'][f'{k}@{g}']})")
     print(f"\nfull outputs: {args.out}")
     return 0
 

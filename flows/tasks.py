@@ -2,10 +2,14 @@
 
 - ``prepare_data`` / ``push_data``: DVC decides whether the data is out of date; the prepared data is pushed
   to the remote (retried: a remote may hiccup).
-- ``train_model``: Ray training (pretrain + finetune) under a run name tied to the flow run, so a retried
-  flow run resumes its own training run.
+- ``decide``: up to date / resume / continue / scratch (``sdm.registry.retrain_plan``), retried on outages.
+- ``train_model``: Ray training under the plan's run name (derived from the fingerprint), so a retried or
+  rerun flow on the same data, params and code resumes the same training run.
 - ``evaluate_checkpoint``: cached on the checkpoint's content: an unchanged checkpoint is not evaluated twice.
-- ``register_model``: log the model version, tag lineage, alias, promote (MLflow calls are retried).
+- ``evaluate_champion`` / ``compare_models``: the champion evaluated on the challenger's data and settings
+  (cached per checkpoint, data content, settings and code), and the side-by-side grid.
+- ``register_model``: log the model version into its training run, tag lineage and both models' figures,
+  alias, promote by the ``register.promotion`` rule (MLflow calls are retried).
 
 Only failures that may succeed on a second try are retried (``transient_only``): bad input stays bad.
 """
@@ -20,10 +24,10 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
-from prefect.runtime import flow_run
 
-from sdm.config import Config, ConfigError, to_dict
+from sdm.config import Config, ConfigError
 from sdm.data.version import data_version_info, dvc_command, find_dvc_root, run_dvc, stage_names, stage_out
+from sdm.registry.retrain_plan import RetrainPlan
 
 # Bad input stays bad: retrying it only delays the clear error.
 NOT_TRANSIENT: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError, KeyError, TypeError)
@@ -74,7 +78,10 @@ def _stage_up_to_date(stage: str, root: Path) -> bool:
     """DVC's own decision: is ``stage`` (and what it depends on) unchanged since the last repro?"""
     if not (root / "dvc.lock").exists():
         return False
-    proc = subprocess.run([*dvc_command(), "status", "--json", stage], cwd=root, capture_output=True, text=True)
+    # --with-deps: the stages upstream count too (a changed data.synth re-synthesises the raw data, which the
+    # prepare stage alone would not report).
+    proc = subprocess.run([*dvc_command(), "status", "--with-deps", "--json", stage], cwd=root, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         return False
     try:
@@ -111,43 +118,41 @@ def push_data(config: Config) -> None:
     run_dvc(["push", "--with-deps", stage_for(config)], root)
 
 
-def run_name_for_flow(prefix: str = "retrain") -> str:
-    """``<prefix>-<flow run id>``: a retried flow run keeps its id, so it resumes its own training run."""
-    run_id = flow_run.get_id() or "local"
-    return f"{prefix}-{run_id}"
+# Reads the registry (MLflow may hiccup: retried) and may download the champion's checkpoint.
+@task(name="decide", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
+def decide(config: Config, data_version: str, force: bool = False) -> RetrainPlan:
+    """Up to date, resume, continue or scratch: ``sdm.registry.retrain_plan.plan_retrain``."""
+    from sdm.registry.retrain_plan import plan_retrain
+
+    plan = plan_retrain(config, data_version, force=force)
+    get_run_logger().info("decision: %s (%s); run %s", plan.action, plan.reason, plan.run_name or "-")
+    return plan
 
 
 @task(name="train")
-def train_model(config: Config, run_name: str, workers: int | None = None) -> dict[str, Any]:
+def train_model(config: Config, run_name: str, workers: int | None = None,
+                init_from: str | None = None, init_label: str | None = None) -> dict[str, Any]:
+    """Train (or resume) ``run_name``; ``init_from`` a checkpoint directory whose weights + EMA start it,
+    ``init_label`` where that came from (``models:/NAME/VERSION``, recorded in the final meta.json)."""
     # Imported at call time: importing the flows (e.g. for `sdm pipeline --help`) stays cheap.
     from sdm.train import train
 
     logger = get_run_logger()
-    result = train(config, run_name=run_name, workers=workers, echo=logger.info)
+    result = train(config, run_name=run_name, workers=workers, init_from=init_from, init_label=init_label,
+                   echo=logger.info)
     return {"run_dir": str(result.run_dir), "checkpoint": str(result.final_dir), "step": result.global_step,
             "mlflow_run_id": result.mlflow_run_id}
 
 
-def checkpoint_fingerprint(checkpoint: str | Path) -> str:
-    """sha256 over the checkpoint's weights and config (what the evaluation depends on)."""
-    h = hashlib.sha256()
-    ckpt = Path(checkpoint)
-    for name in ("model.safetensors", "ema.safetensors", "config.json"):
-        path = ckpt / name
-        if path.exists():
-            h.update(name.encode())
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()
-
-
 def evaluation_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """The evaluation's cache key: checkpoint content, data version, evaluate/sample settings, output folder."""
-    config: Config = parameters["config"]
-    settings = json.dumps({"evaluate": to_dict(config.evaluate), "sample": to_dict(config.sample)}, sort_keys=True)
-    parts = [checkpoint_fingerprint(parameters["checkpoint"]), parameters["data_version"],
-             hashlib.sha256(settings.encode()).hexdigest(), str(Path(parameters["out"]).resolve())]
+    """The evaluation's cache key: ``sdm.registry.champion.evaluation_key`` (checkpoint content, data content,
+    evaluation settings, code; the champion's evaluation uses the same) + the output folder and whether it
+    still holds the metrics (a deleted folder is evaluated again, not "cached" into a missing file)."""
+    from sdm.registry.champion import evaluation_key
+
+    out = Path(parameters["out"]).resolve()
+    parts = [evaluation_key(parameters["checkpoint"], parameters["data_version"], parameters["config"]),
+             str(out), str((out / "metrics.json").is_file())]
     return "evaluate-" + hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -160,16 +165,45 @@ def evaluate_checkpoint(config: Config, checkpoint: str, data: str, data_version
     return run_evaluation(req, config, log=logger.info)
 
 
+# Reads the registry (retried on outages); its own file cache makes a rerun on the same data free.
+@task(name="evaluate-champion", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
+def evaluate_champion(config: Config, data: str, data_version: str) -> dict[str, Any] | None:
+    """The champion evaluated with the challenger's data and settings (``sdm.registry.champion``); None without one."""
+    from sdm.registry.champion import evaluate_champion as run
+
+    logger = get_run_logger()
+    result = run(config, data, data_version, log=logger.info)
+    return None if result is None else result.as_dict()
+
+
+@task(name="compare")
+def compare_models(config: Config, data: str, challenger_eval: str, champion: dict[str, Any] | None,
+                   out: str) -> str | None:
+    """The side-by-side grid (label map | real | champion | challenger) at ``out``; None without a champion to show."""
+    from sdm.registry.comparison import comparison_grid
+
+    if not champion or not champion.get("eval_dir"):
+        return None
+    return str(comparison_grid(config, data, challenger_eval, champion["eval_dir"], out))
+
+
 @task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
-def register_model(config: Config, checkpoint: str, metrics_file: str, promote: bool) -> dict[str, Any]:
+def register_model(config: Config, checkpoint: str, metrics_file: str, promote: bool,
+                   extra_tags: dict[str, str] | None = None, champion: dict[str, Any] | None = None,
+                   comparison_grid: str | None = None) -> dict[str, Any]:
     # Looked up at call time (not bound at import), so the pipeline test can inject a transient failure.
     from sdm.registry.register import register_checkpoint
 
     logger = get_run_logger()
-    result = register_checkpoint(checkpoint, metrics_file, config, promote=promote)
-    decision = result.promotion.decision if result.promotion else "not asked"
+    result = register_checkpoint(checkpoint, metrics_file, config, promote=promote, extra_tags=extra_tags,
+                                 champion=champion, comparison_grid=comparison_grid)
+    promotion = result.promotion
+    decision = promotion.decision if promotion else "not asked"
     logger.info("registered %s version %s (aliases %s; promotion: %s)", result.name, result.version,
                 result.aliases, decision)
     return {"name": result.name, "version": result.version, "model_uri": result.model_uri,
+            "run_id": result.run_id, "in_training_run": result.in_training_run,
             "aliases": sorted(a for a, v in result.aliases.items() if str(v) == str(result.version)),
-            "decision": decision, "reason": getattr(result.promotion, "reason", "")}
+            "decision": decision, "reason": getattr(promotion, "reason", ""),
+            "metric": getattr(promotion, "metric", ""), "basis": getattr(promotion, "basis", ""),
+            "champion_version": getattr(promotion, "champion_version", None), "comparison": result.comparison}

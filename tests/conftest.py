@@ -64,7 +64,8 @@ def prefect_harness() -> Iterator[None]:
     """Prefect's ephemeral test server, started once per session (~10-15 s)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # A loaded machine (CI, parallel jobs) can take longer than Prefect's 30 s default to start it.
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 

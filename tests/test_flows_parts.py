@@ -10,6 +10,7 @@ from prefect.states import Failed
 from flows.retrain import deployment_spec, image_markdown, metrics_table, retrain_summary
 from flows.tasks import check_overrides, stage_for, transient_only
 from sdm.config import ConfigError, resolve
+from sdm.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,3 +56,14 @@ def test_prefect_yaml_has_the_nightly_deployment() -> None:
     assert spec["schedules"][0]["cron"] and spec["schedules"][0]["timezone"]
     with pytest.raises(ValueError, match="no deployment named 'nope'"):
         deployment_spec(REPO / "prefect.yaml", "nope")
+
+
+def test_schedules_of_cron_and_interval() -> None:
+    from flows.retrain import schedules_of
+
+    spec = {"name": "d", "schedules": [{"cron": "0 2 * * *", "timezone": "UTC"}, {"interval": 30},
+                                       {"cron": "0 3 * * *", "active": False}]}
+    cron, every = schedules_of(spec)
+    assert cron.cron == "0 2 * * *" and every.interval.total_seconds() == 30
+    with pytest.raises(InputError, match="neither cron nor interval"):
+        schedules_of({"name": "d", "schedules": [{"rrule": "FREQ=DAILY"}]})

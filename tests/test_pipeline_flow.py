@@ -2,6 +2,7 @@
 
 One test (the whole pipeline is the expensive part): run 1 prepares, trains,
 evaluates, registers and promotes; run 2 with unchanged data skips preparation,
+is forced to train (unforced it would be up to date: test_retrain_decide_flow.py),
 survives one transient registration failure (Prefect retries the task) and
 registers version 2.
 """
@@ -35,6 +36,7 @@ TINY = [
     "evaluate.guidance_scales=[1.0,1.5]", "evaluate.steps=3", "evaluate.num_samples=4", "evaluate.repeats=2",
     "evaluate.segmenter.steps=5", "evaluate.segmenter.batch_size=4", "evaluate.segmenter.width=8",
     "evaluate.min_fid_samples=10", "sample.steps=3", "register.model_name=sdm-pipeline-test",
+    "retrain.continue_steps=2",
 ]
 
 
@@ -105,7 +107,7 @@ def test_retrain_end_to_end_twice(project: Path, mlflow_uri: str, prefect_harnes
         return real(*args, **kwargs)
 
     monkeypatch.setattr(register_module, "register_checkpoint", flaky)
-    second = retrain(push=True)
+    second = retrain(push=True, force=True)
     assert second["data_cached"] and second["data_version"] == first["data_version"]
     assert (prepared / "manifest.json").stat().st_mtime == manifest_mtime
     assert calls["n"] == 2, "the failed registration was not retried"

@@ -12,9 +12,12 @@ from _registry_helpers import TINY, make_checkpoint, tiny_config, write_metrics
 from typer.testing import CliRunner
 
 from sdm.cli import app
+from sdm.errors import InputError
+from sdm.registry.champion import ChampionEvaluation
 from sdm.registry.metrics import MetricsError
 from sdm.registry.model_uri import ModelUriError, checkpoint_from_registry, parse_model_uri
 from sdm.registry.register import RegisterResult, register_checkpoint
+from sdm.viz import save_png
 
 NAME = "sdm-test"
 
@@ -61,8 +64,13 @@ def test_versions_lineage_and_champion_moves_only_when_better(mlflow_uri: str, c
     assert tags["lineage.git_commit"] == git_commit() and len(tags["lineage.git_commit"]) == 40
     assert tags["lineage.data_version"] == "data-v1" and tags["lineage.train_mlflow_run_id"] == "abc123"
     assert tags["lineage.checkpoint"] == str(checkpoint.resolve())
-    assert "fsd@1.5=0.7" in version.description
-    # Metrics are logged on the registering run too (MLflow-safe names).
+    # The description: the decision and a short table (metric | challenger | champion | change).
+    assert "**Promotion: kept**" in version.description
+    assert "| **fsd@1.5** (compared) | 0.7 | 0.5 | 40.0% worse |" in version.description
+    # The checkpoint's training run ("abc123") is not in this store: a register-<name> run holds the model,
+    # with the metrics logged on it (MLflow-safe names).
+    assert not worse.in_training_run and client.get_run(worse.run_id).info.run_name == f"register-{NAME}"
+    assert version.run_id == worse.run_id
     assert client.get_run(worse.run_id).data.metrics["fsd_at_1.5"] == 0.70
     # The version holds the checkpoint files, downloadable as a checkpoint directory again.
     got = checkpoint_from_registry(f"models:/{NAME}@champion", tmp_path / "dl")
@@ -155,3 +163,72 @@ def test_model_uri_errors_name_what_exists(mlflow_uri: str, tmp_path: Path) -> N
         checkpoint_from_registry("models:/empty-model@champion", tmp_path)
     with pytest.raises(ModelUriError, match="has no version 4"):
         checkpoint_from_registry("models:/empty-model/4", tmp_path)
+
+
+def _training_run(client: object, name: str) -> str:
+    """A finished training run in the store, as `sdm train` leaves one."""
+    exp = client.get_experiment_by_name(name) or client.get_experiment(client.create_experiment(name))
+    run_id = client.create_run(exp.experiment_id, run_name="train").info.run_id
+    client.set_terminated(run_id)
+    return run_id
+
+
+@pytest.mark.slow
+def test_equal_terms_guard_keeps_out_and_version_lives_in_its_training_run(mlflow_uri: str, tmp_path: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_uri)
+    run1, run2 = _training_run(client, NAME), _training_run(client, NAME)
+    ckpt1 = make_checkpoint(tmp_path / "r1" / "final", seed=1, meta={"mlflow_run_id": run1})
+    ckpt2 = make_checkpoint(tmp_path / "r2" / "final", seed=2, meta={"mlflow_run_id": run2})
+    cfg = tiny_config("register.promotion.metric=fsd@1.5", "register.promotion.guards={miou@1.5: 0.05}")
+    first = register_checkpoint(ckpt1, write_metrics(tmp_path / "m1.json", {"fsd@1.5": 0.40, "miou@1.5": 0.30}),
+                                cfg, name=NAME)
+    # The version's source run is its training run: no separate register-* run.
+    assert first.in_training_run and first.run_id == run1
+    assert client.get_model_version(NAME, "1").run_id == run1
+    assert client.get_run(run1).info.status == "FINISHED"
+    assert not client.search_runs([client.get_experiment_by_name(NAME).experiment_id],
+                                  filter_string=f"attributes.run_name = 'register-{NAME}'")
+
+    # The champion re-evaluated on the challenger's data: other figures than its registration's tags.
+    champ_eval = tmp_path / "champion-eval"
+    champ_eval.mkdir()
+    write_metrics(champ_eval / "metrics.json", {"fsd@1.5": 0.42, "miou@1.5": 0.30, "skipped": {}})
+    champion = ChampionEvaluation(name=NAME, version="1", checkpoint=str(ckpt1), eval_dir=str(champ_eval),
+                                  data_version="dvc:new@abc", key="k", cached=False)
+    grid = save_png(np.zeros((8, 32, 3), np.uint8), tmp_path / "grid.png")
+    # Better on fsd (0.32 vs 0.42) but mIoU 10% lower than the guard's 5%: kept out.
+    second = register_checkpoint(ckpt2, write_metrics(tmp_path / "m2.json", {"fsd@1.5": 0.32, "miou@1.5": 0.27}),
+                                 cfg, name=NAME, champion=champion.as_dict(), comparison_grid=grid,
+                                 extra_tags={"lineage.retrain.action": "continue"})
+    d = second.promotion
+    assert d.decision == "kept" and second.aliases["champion"] == 1
+    assert d.champion_value == 0.42, "compared with the champion's tags, not its evaluation on equal terms"
+    assert "but guard miou@1.5 is 10.0% worse" in d.reason and "dvc:new@abc" in d.reason
+    version = client.get_model_version(NAME, second.version)
+    tags = version.tags
+    assert version.run_id == run2 and tags["lineage.retrain.action"] == "continue"
+    assert tags["promotion.basis"] == "equal terms" and tags["champion.data_version"] == "dvc:new@abc"
+    assert float(tags["champion.metrics.fsd_at_1.5"]) == 0.42 and float(tags["metrics.fsd_at_1.5"]) == 0.32
+    assert "| metric | challenger | champion v1 | change |" in version.description
+    assert "| miou@1.5 (guard: at most 5% worse) | 0.27 | 0.3 | 10.0% worse |" in version.description
+    # The grid and the table are artifacts of the version's (training) run.
+    listed = {Path(a.path).name for a in client.list_artifacts(run2, "comparison")}
+    assert listed == {"grid.png", "comparison.md"}
+    md = Path(mlflow.artifacts.download_artifacts(run_id=run2, artifact_path="comparison/comparison.md",
+                                                  dst_path=str(tmp_path / "dl"))).read_text()
+    assert "kept" in md and "![side by side](grid.png)" in md
+
+
+def test_bad_rule_and_bad_grid_register_nothing(mlflow_uri: str, checkpoint: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    from sdm.registry.rule import PromotionRuleError
+
+    metrics = write_metrics(tmp_path / "m.json", {"fsd@1.5": 0.3})
+    with pytest.raises(PromotionRuleError, match="register.promotion.guards.miou@3.0"):
+        register_checkpoint(checkpoint, metrics, tiny_config("register.promotion.guards={miou@3.0: 0.1}"), name=NAME)
+    with pytest.raises(InputError, match="nope.png: no such file"):
+        register_checkpoint(checkpoint, metrics, tiny_config(), name=NAME, comparison_grid=tmp_path / "nope.png")
+    assert mlflow.MlflowClient(mlflow_uri).search_registered_models() == []

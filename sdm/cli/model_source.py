@@ -43,3 +43,31 @@ def checkpoint_source(checkpoint: Path | None, model: str | None, config: Config
             raise InputError(f"--model {model}: MLflow ({tracking_uri(config)}): {e.message}") from None
         typer.echo(f"--model {model}: {got.name} version {got.version}", err=True)
         yield got.path
+
+
+@contextmanager
+def init_source(init_from: str | None, config: Config) -> Iterator[tuple[Path | None, str | None]]:
+    """``--init-from``: (checkpoint directory, what to record as its source) for a directory or a models:/ URI.
+
+    A registered version is downloaded for the command's lifetime (the training run reads it
+    at its start; a later resume continues from the run's own checkpoints) and recorded as
+    ``models:/NAME/VERSION`` (the alias resolved), so the lineage says which version it was.
+    """
+    if init_from is None:
+        yield None, None
+        return
+    if not init_from.startswith("models:/"):
+        yield Path(init_from), None
+        return
+    from mlflow.exceptions import MlflowException
+
+    from sdm.registry.model_uri import checkpoint_from_registry
+    from sdm.tracking import tracking_uri
+
+    with tempfile.TemporaryDirectory(prefix="sdm-init-") as tmp:
+        try:
+            got = checkpoint_from_registry(init_from, tmp, config, flag="--init-from")
+        except MlflowException as e:
+            raise InputError(f"--init-from {init_from}: MLflow ({tracking_uri(config)}): {e.message}") from None
+        typer.echo(f"--init-from {init_from}: {got.name} version {got.version}", err=True)
+        yield got.path, f"models:/{got.name}/{got.version}"

@@ -24,6 +24,8 @@ def run(
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Move the champion alias when better."),
     push: bool = typer.Option(True, "--push/--no-push", help="dvc push the prepared data."),
     workers: int | None = typer.Option(None, "--workers", help="Ray workers (default train.workers)."),
+    force: bool = typer.Option(False, "--force", help="Train even when the champion is up to date "
+                               "(same data, training params and code)."),
     dry_run: DryRunOpt = False,
 ) -> None:
     """Run `retrain` once on the embedded defaults (ephemeral Prefect, local Ray, sqlite MLflow, local DVC)."""
@@ -38,12 +40,20 @@ def run(
     start = time.monotonic()
     with user_errors():
         result = retrain(preset=preset, overrides=list(set_ or []), promote=promote, push=push, workers=workers,
-                         params_file=str(params))
+                         params_file=str(params), force=force)
     minutes = (time.monotonic() - start) / 60
+    plan = result["plan"]
+    if plan["action"] == "up-to-date":
+        typer.echo("")
+        typer.echo(f"Pipeline finished in {minutes:.1f} min: {plan['reason']}.")
+        typer.echo(f"  data version : {result['data_version']}")
+        typer.echo("  (nothing trained, nothing registered; `sdm pipeline run --force` trains anyway)")
+        return
     reg = result["registration"]
     metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     typer.echo("")
     typer.echo(f"Pipeline finished in {minutes:.1f} min.")
+    typer.echo(f"  decision     : {plan['action']}: {plan['reason']}")
     typer.echo(f"  data version : {result['data_version']}" + (" (unchanged)" if result["data_cached"] else ""))
     typer.echo(f"  checkpoint   : {result['checkpoint']}")
     typer.echo(f"  model        : models:/{reg['name']}/{reg['version']}  aliases: {', '.join(reg['aliases'])}")
@@ -56,6 +66,8 @@ def run(
     typer.echo("Look at it:")
     if result["grid"]:
         typer.echo(f"  sample grid  : {result['grid']}")
+    if result.get("comparison_grid"):
+        typer.echo(f"  vs champion  : {result['comparison_grid']} (label map | real | champion | challenger)")
     typer.echo(f"  evaluation   : {result['evaluation']}")
     uri = result["tracking_uri"]
     typer.echo(f"  MLflow UI    : mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")

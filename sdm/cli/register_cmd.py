@@ -22,8 +22,9 @@ def register(
         "--alias", help="Alias for the new version (default: register.alias).")] = None,
     promote: Annotated[bool | None, typer.Option(
         "--promote/--no-promote",
-        help="Move the champion alias to this version when its primary metric beats the champion's "
-             "(default: register.promote).")] = None,
+        help="Move the champion alias to this version when the register.promotion rule says it beats the "
+             "champion (compared with the champion's recorded figures; `sdm pipeline` re-evaluates it on the "
+             "same data) (default: register.promote).")] = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     params: ParamsOpt = Path("params.yaml"),

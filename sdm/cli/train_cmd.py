@@ -1,7 +1,7 @@
 """``sdm train``: pretrain then finetune the SPADE diffusion U-Net on Ray Train workers.
 
     sdm train [--preset P] [--set k=v ...] [--run-name NAME] [--workers N] [--gpu]
-              [--phase all|pretrain|finetune] [--init-from DIR] [--local] [--dry-run]
+              [--phase all|pretrain|finetune] [--init-from DIR|models:/NAME@ALIAS] [--local] [--dry-run]
 
 Rerunning the same command resumes from the run's latest checkpoint.
 """
@@ -23,6 +23,7 @@ from sdm.cli.common import (
     load_config,
     user_errors,
 )
+from sdm.cli.model_source import init_source
 
 
 def train(
@@ -36,9 +37,10 @@ def train(
     gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per worker (bf16 autocast).")] = False,
     phase: Annotated[str | None, typer.Option(
         "--phase", help="all, pretrain or finetune (default: train.phases).")] = None,
-    init_from: Annotated[Path | None, typer.Option(
+    init_from: Annotated[str | None, typer.Option(
         "--init-from", help="Start from this checkpoint directory's weights and EMA (e.g. a pretrain run's "
-                            "final/ for --phase finetune).")] = None,
+                            "final/ for --phase finetune), or a registered model's: models:/NAME@ALIAS "
+                            "or models:/NAME/VERSION.")] = None,
     local: Annotated[bool, typer.Option("--local", help="One worker in this process, without Ray.")] = False,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
     experiment: Annotated[str | None, typer.Option(
@@ -53,11 +55,12 @@ def train(
     from sdm.train import TrainingFailed
     from sdm.train import train as run_train
 
-    with user_errors():
+    with user_errors(), init_source(init_from, cfg) as (init_dir, init_label):
         try:
             result = run_train(cfg, run_name=run_name or cfg.register.model_name, workers=workers,
-                               use_gpu=True if gpu else None, phase=phase, init_from=init_from, local=local,
-                               log_mlflow=not no_mlflow, experiment=experiment, verbose=verbose)
+                               use_gpu=True if gpu else None, phase=phase, init_from=init_dir, local=local,
+                               log_mlflow=not no_mlflow, experiment=experiment, verbose=verbose,
+                               init_label=init_label)
         except TrainingFailed as e:
             # The run itself failed (workers crashed past train.max_failures): not bad input, but its own
             # message and exit code 1; the workers' tracebacks are in their logs.

@@ -18,7 +18,9 @@ from sdm.config.schema import (
     EvaluateConfig,
     ModelConfig,
     PhaseConfig,
+    PromotionConfig,
     RegisterConfig,
+    RetrainConfig,
     SampleConfig,
     SegmenterConfig,
     SynthConfig,
@@ -27,7 +29,8 @@ from sdm.config.schema import (
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "DiffusionConfig", "EvaluateConfig", "ModelConfig",
-    "PhaseConfig", "RegisterConfig", "SampleConfig", "SegmenterConfig", "SynthConfig", "TrainConfig",
+    "PhaseConfig", "PromotionConfig", "RegisterConfig", "RetrainConfig", "SampleConfig", "SegmenterConfig",
+    "SynthConfig", "TrainConfig",
     "available_presets", "dump_yaml", "from_dict", "parse_override", "read_yaml", "resolve",
     "to_dict", "write_resolved",
 ]

@@ -65,6 +65,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
         return _build(tp, value, path)
+    if origin is dict:
+        _, item_tp = typing.get_args(tp)
+        if value in (None, ""):  # `guards:` with nothing under it, or `--set ...guards=`
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, item_tp, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
@@ -139,6 +146,8 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
     for key in data:
         if key not in fields:
             where = f"{path}.{key}" if path else key
+            if where in MOVED_KEYS:
+                raise ConfigError(f"'{where}' is retired: {MOVED_KEYS[where]}")
             raise ConfigError(f"unknown key '{where}'{_closest(key, list(fields))}")
     kwargs = {}
     for name, f in fields.items():
@@ -229,7 +238,18 @@ def resolve(
 
 # Keys older releases wrote into saved configs (checkpoints' config.json / train_state.json), no longer
 # settings: dropped on reading so those checkpoints still load. Not accepted in params or --set.
-RETIRED_KEYS = {"train": ("fail_at_step",)}  # a test-only fault; tests now install a worker hook
+RETIRED_KEYS = {
+    "train": ("fail_at_step",),  # a test-only fault; tests now install a worker hook
+    "register": ("primary_metric",),  # now register.promotion.metric (MOVED_KEYS)
+}
+
+# Keys a params.yaml may still hold from an older release, with what to write instead: a clear
+# message rather than "unknown key".
+MOVED_KEYS = {
+    "register.primary_metric": "write it as register.promotion.metric (same values: auto, or a key such as "
+                               "fsd@1.5); register.promotion also holds min_improvement and guards "
+                               "(mlflow/README.md: Promotion)",
+}
 
 
 def _drop_retired(data: dict[str, Any]) -> dict[str, Any]:

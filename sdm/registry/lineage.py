@@ -79,5 +79,7 @@ def lineage_tags(checkpoint_dir: str | Path, config: dict[str, Any], meta: dict[
         "lineage.train_mlflow_run_id": str(meta.get("mlflow_run_id") or UNKNOWN),
         "lineage.train_step": str(meta.get("step", UNKNOWN)),
         "lineage.preset": str(config.get("preset") or "none"),
+        # What training started from (`sdm train --init-from`): a models:/ URI or a directory.
+        "lineage.init_from": str(meta.get("init_from") or "none"),
     }
     return tags

@@ -92,15 +92,16 @@ def scale_keys(base: str, guidance_scale: float) -> list[str]:
 def metric_candidates(metrics: EvalMetrics, setting: str, guidance_scale: float) -> list[str]:
     """The keys that may serve as the primary metric, in order of preference.
 
-    ``setting`` is ``register.primary_metric``: ``"auto"`` means metrics.json's own
-    ``primary_metric``, then FID, then FSD (FID only when computed), at
+    ``setting`` is ``register.promotion.metric``: ``"auto"`` means metrics.json's own
+    ``primary_metric``, then FID (computed only from ``evaluate.min_fid_samples``
+    images), then KID (from ``evaluate.min_kid_samples``), then FSD, at
     ``guidance_scale``; any other value names a key (``fsd@1.5``) or a base name
     (``fsd``, looked up at ``guidance_scale``).
     """
     if setting != "auto":
         return [setting] if "@" in setting else scale_keys(setting, guidance_scale)
     keys = [metrics.primary_metric] if metrics.primary_metric else []
-    for base in ("fid", "fsd"):
+    for base in ("fid", "kid", "fsd"):
         keys += scale_keys(base, guidance_scale)
     return list(dict.fromkeys(keys))
 
@@ -113,6 +114,6 @@ def usable_candidates(metrics: EvalMetrics, setting: str, guidance_scale: float)
         reasons = [f"{k}: skipped ({metrics.skip_reason(k)})" for k in keys if metrics.skip_reason(k)]
         have = ", ".join(sorted(metrics.values)) or "none"
         why = f"; {'; '.join(reasons)}" if reasons else ""
-        raise MetricsError(f"{metrics.path}: no usable primary metric for register.primary_metric={setting!r} "
+        raise MetricsError(f"{metrics.path}: no usable primary metric for register.promotion.metric={setting!r} "
                            f"(looked for {', '.join(keys)}{why}); the file has: {have}")
     return usable

@@ -35,39 +35,43 @@ class RegistryCheckpoint:
     uri: str
 
 
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+def parse_model_uri(uri: str, flag: str = "--model") -> tuple[str, str | None, str | None]:
     """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/3`` -> (NAME, None, "3")."""
     m = _URI.match(uri.strip())
     if not m:
-        raise ModelUriError(f"--model {uri!r}: expected models:/NAME@ALIAS (e.g. models:/sdm-toy@champion) "
+        raise ModelUriError(f"{flag} {uri!r}: expected models:/NAME@ALIAS (e.g. models:/sdm-toy@champion) "
                             "or models:/NAME/VERSION")
     return m["name"], m["alias"], m["version"]
 
 
-def checkpoint_from_registry(uri: str, dst: str | Path, config: Config | None = None) -> RegistryCheckpoint:
-    """Download the checkpoint of the version ``uri`` names into ``dst``; clear errors for unknown names/aliases."""
+def checkpoint_from_registry(uri: str, dst: str | Path, config: Config | None = None,
+                             flag: str = "--model") -> RegistryCheckpoint:
+    """Download the checkpoint of the version ``uri`` names into ``dst``; clear errors for unknown names/aliases.
+
+    ``flag`` names the input in the errors (``--model``, ``--init-from``, the champion).
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    name, alias, version = parse_model_uri(uri)
+    name, alias, version = parse_model_uri(uri, flag)
     store = configure(config)
     client = mlflow.MlflowClient()
     try:
         model = client.get_registered_model(name)
     except MlflowException:
         known = sorted(m.name for m in client.search_registered_models(max_results=50))
-        raise ModelUriError(f"--model {uri}: no registered model {name!r} in {store} "
+        raise ModelUriError(f"{flag} {uri}: no registered model {name!r} in {store} "
                             f"(registered: {', '.join(known) or 'none'}; `sdm register` makes one)") from None
     if alias is not None:
         if alias not in model.aliases:
             have = ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "none"
-            raise ModelUriError(f"--model {uri}: model {name!r} has no alias {alias!r} (aliases: {have})")
+            raise ModelUriError(f"{flag} {uri}: model {name!r} has no alias {alias!r} (aliases: {have})")
         version = str(model.aliases[alias])
     else:
         try:
             client.get_model_version(name, version)
         except MlflowException:
-            raise ModelUriError(f"--model {uri}: model {name!r} has no version {version}") from None
+            raise ModelUriError(f"{flag} {uri}: model {name!r} has no version {version}") from None
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     # The resolved version, not the alias: the alias may move while we download.
@@ -77,6 +81,6 @@ def checkpoint_from_registry(uri: str, dst: str | Path, config: Config | None = 
     except (MlflowException, OSError):
         local = dst / "missing"
     if not (local / "config.json").is_file():
-        raise ModelUriError(f"--model {uri}: version {version} of {name!r} holds no sdm checkpoint "
+        raise ModelUriError(f"{flag} {uri}: version {version} of {name!r} holds no sdm checkpoint "
                             "(artifacts/checkpoint/config.json); was it registered with `sdm register`?")
     return RegistryCheckpoint(path=local, name=name, version=version, uri=uri)

@@ -1,8 +1,14 @@
 """``register_checkpoint``: an evaluated checkpoint becomes a registered, tagged, aliased model version.
 
 Every input is checked before anything is written to MLflow (the checkpoint
-loads, the metrics hold a usable primary metric, the aliases are valid), so a
-bad input leaves no half-made run or version behind.
+loads, the metrics hold a usable primary metric, the promotion rule names
+metrics evaluation produces, the aliases are valid), so a bad input leaves no
+half-made run or version behind.
+
+The model is logged into the checkpoint's TRAINING run (meta.json's
+``mlflow_run_id``) when that run is in this store, so the version's source run
+is the run that made it, with its curves, samples and evaluation; only a
+checkpoint from elsewhere gets a new ``register-<name>`` run.
 """
 
 from __future__ import annotations
@@ -15,9 +21,21 @@ from pathlib import Path
 
 from sdm.config import Config, to_dict
 from sdm.errors import InputError
+from sdm.registry.champion import ChampionEvaluation
+from sdm.registry.comparison import COLUMNS, GRID_NAME, TABLE_NAME, comparison_table
 from sdm.registry.lineage import lineage_tags
 from sdm.registry.metrics import read_metrics, usable_candidates
-from sdm.registry.promotion import PROMOTED, PromotionDecision, current_champion, decide, metric_tag
+from sdm.registry.promotion import (
+    EQUAL_TERMS,
+    PROMOTED,
+    ChampionFigures,
+    PromotionDecision,
+    champion_metric_tag,
+    current_champion,
+    decide,
+    metric_tag,
+)
+from sdm.registry.rule import check_promotion_rule
 from sdm.tracking import configure, ensure_experiment, metric_key
 
 # MLflow's alias rule: letters, digits, '_' and '-', not "latest" and not a version-like "v<digits>".
@@ -39,6 +57,9 @@ class RegisterResult:
     aliases: dict[str, str] = field(default_factory=dict)
     promotion: PromotionDecision | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # metric | challenger | champion (markdown), and whether the model went into the training run.
+    comparison: str = ""
+    in_training_run: bool = False
 
 
 def _check_alias(alias: str, what: str) -> None:
@@ -47,10 +68,37 @@ def _check_alias(alias: str, what: str) -> None:
                             "not 'latest' or a version-like 'v3'")
 
 
-def _description(ckpt: Path, metrics: dict[str, float], decision: PromotionDecision) -> str:
-    figures = ", ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items()))
-    return (f"Registered by `sdm register` from {ckpt}.\n\nEvaluation: {figures}.\n\n"
-            f"Promotion: {decision.decision} ({decision.reason}).")
+def _description(ckpt: Path, table: str, decision: PromotionDecision, grid: bool) -> str:
+    """Short markdown for the registry page: the decision, the metrics table, where the rest is."""
+    where = (f"Side by side ({COLUMNS}): run artifact `comparison/{GRID_NAME}`. " if grid else "")
+    return (f"**Promotion: {decision.decision}**: {decision.reason}\n\n{table}\n\n"
+            f"{where}Checkpoint: `{ckpt}`; every figure is a `metrics.*` tag, lineage in `lineage.*`.")
+
+
+def _training_run(client: object, meta: dict) -> str | None:
+    """meta.json's training run when it is in this store (else None: the checkpoint was trained elsewhere)."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = str(meta.get("mlflow_run_id") or "")
+    if not run_id:
+        return None
+    try:
+        client.get_run(run_id)  # type: ignore[attr-defined]
+    except MlflowException:
+        return None
+    return run_id
+
+
+def _champion_figures(client: object, name: str, alias: str,
+                      evaluated: ChampionEvaluation | None) -> ChampionFigures | None:
+    """The champion's figures: from its evaluation on equal terms when it is still the champion, else its tags."""
+    version = current_champion(client, name, alias)  # type: ignore[arg-type]
+    if version is None:
+        return None
+    if evaluated is not None and str(evaluated.version) == str(version.version):
+        return evaluated.figures()
+    # No evaluation on equal terms (plain `sdm register`), or the alias moved meanwhile.
+    return ChampionFigures.from_version(version)
 
 
 def register_checkpoint(
@@ -61,13 +109,21 @@ def register_checkpoint(
     name: str | None = None,
     alias: str | None = None,
     promote: bool | None = None,
+    extra_tags: dict[str, str] | None = None,
+    champion: ChampionEvaluation | dict | None = None,
+    comparison_grid: str | Path | None = None,
 ) -> RegisterResult:
     """Log ``checkpoint`` as an MLflow pyfunc model version of ``name``, tag its lineage, alias and maybe promote.
 
     ``config`` is the resolved config of the registering command: its
     ``register`` section gives the defaults for ``name``, ``alias``, ``promote``,
-    the champion alias and the primary metric, and its ``sample`` section the
+    the champion alias and the promotion rule, and its ``sample`` section the
     primary metric's guidance scale and the model's default sampling params.
+    ``extra_tags`` are added to the version's tags (``retrain`` passes its plan's lineage).
+    ``champion``: the champion's evaluation on the challenger's terms
+    (:func:`sdm.registry.champion.evaluate_champion`); without it the champion's
+    recorded tags are compared. ``comparison_grid``: the side-by-side PNG, logged
+    under ``comparison/`` of the version's run.
     """
     import mlflow
 
@@ -90,24 +146,39 @@ def register_checkpoint(
     _, ckpt_config = load_checkpoint(ckpt, use_ema=True)
     meta = read_checkpoint_meta(ckpt)
     metrics = read_metrics(metrics_file)
-    keys = usable_candidates(metrics, reg.primary_metric, config.sample.guidance_scale)
+    rule = check_promotion_rule(config)
+    keys = usable_candidates(metrics, rule.metric, config.sample.guidance_scale)
+    if isinstance(champion, dict):
+        champion = ChampionEvaluation.from_dict(champion)
+    grid = Path(comparison_grid) if comparison_grid else None
+    if grid is not None and not grid.is_file():
+        raise RegisterError(f"comparison grid {grid}: no such file")
     source = pyfunc_path()
     requirements = pip_requirements()
     ckpt_dict = to_dict(ckpt_config)
     tags = lineage_tags(ckpt, ckpt_dict, meta)
     tags.update({metric_tag(k): repr(v) for k, v in metrics.values.items()})
     tags["lineage.metrics_file"] = str(Path(metrics_file).resolve())
+    # The caller's lineage (retrain: the fingerprint, the retrain action, what training started from).
+    tags.update(extra_tags or {})
 
     configure(config)
-    # The experiment named after the model, where `sdm train` logs its runs by default.
-    experiment_id = ensure_experiment(name, config)
     client = mlflow.MlflowClient()
-    with tempfile.TemporaryDirectory(prefix="sdm-register-") as tmp, \
-            mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{name}") as run:
+    train_run = _training_run(client, meta)
+    if train_run is not None:
+        status = client.get_run(train_run).info.status
+        run_ctx = mlflow.start_run(run_id=train_run)
+    else:
+        # The experiment named after the model, where `sdm train` logs its runs by default.
+        status = None
+        run_ctx = mlflow.start_run(experiment_id=ensure_experiment(name, config), run_name=f"register-{name}")
+    with tempfile.TemporaryDirectory(prefix="sdm-register-") as tmp, run_ctx as run:
         staged = stage_checkpoint(ckpt, Path(tmp))
         code = stage_code(Path(tmp) / "code")
         mlflow.set_tags(tags)
-        mlflow.log_metrics({metric_key(k): v for k, v in metrics.values.items()})
+        # The evaluation may have logged these to the training run already: only what is new or changed.
+        logged = client.get_run(run.info.run_id).data.metrics
+        mlflow.log_metrics({metric_key(k): v for k, v in metrics.values.items() if logged.get(metric_key(k)) != v})
         mlflow.log_dict(json.loads(Path(metrics_file).read_text()), "evaluation/metrics.json")
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -121,16 +192,44 @@ def register_checkpoint(
             metadata={k: v for k, v in tags.items() if k.startswith("lineage.")},
         )
         version = str(info.registered_model_version)
-        champion = current_champion(client, name, champion_alias)
-        decision = decide(metrics, keys, champion, promote)
-        all_tags = {**tags, **decision.tags()}
+        figures = _champion_figures(client, name, champion_alias, champion)
+        decision = decide(metrics, keys, figures, rule, promote)
+        all_tags = {**tags, **decision.tags(), **_champion_tags(figures, champion)}
         for key, value in all_tags.items():
             client.set_model_version_tag(name, version, key, value)
-        client.update_model_version(name, version, description=_description(ckpt, metrics.values, decision))
+        champ_values = None if figures is None else {
+            k: v for k in [*metrics.values, *figures.values] if (v := figures.get(k)) is not None}
+        label = f"champion v{figures.version}" if figures else "champion (none)"
+        table = comparison_table(metrics.values, champ_values, decision.metric, rule.guards, label)
+        client.update_model_version(name, version, description=_description(ckpt, table, decision, grid is not None))
+        mlflow.log_text(f"# v{version}: {decision.decision}\n\n{decision.reason}\n\n{table}\n"
+                        + (f"\n{COLUMNS}\n\n![side by side]({GRID_NAME})\n" if grid else ""),
+                        f"comparison/{TABLE_NAME}")
+        if grid is not None:
+            mlflow.log_artifact(str(grid), "comparison")
         client.set_registered_model_alias(name, alias, version)
         if decision.decision == PROMOTED:
             client.set_registered_model_alias(name, champion_alias, version)
         mlflow.set_tags(decision.tags())
+    if status is not None and status != "FINISHED":
+        # Resuming the training run marked it FINISHED on exit: keep what training said (FAILED, KILLED).
+        client.set_terminated(run.info.run_id, status=status)
     aliases = dict(client.get_registered_model(name).aliases)
     return RegisterResult(name=name, version=version, run_id=run.info.run_id, model_uri=f"models:/{name}/{version}",
-                          aliases=aliases, promotion=decision, tags=all_tags)
+                          aliases=aliases, promotion=decision, tags=all_tags, comparison=table,
+                          in_training_run=train_run is not None)
+
+
+def _champion_tags(figures: ChampionFigures | None, evaluated: ChampionEvaluation | None) -> dict[str, str]:
+    """``champion.*``: the champion's figures on equal terms and where its evaluation is (none when recorded)."""
+    if figures is None or figures.basis != EQUAL_TERMS:
+        return {}
+    tags = {champion_metric_tag(k): repr(v) for k, v in figures.values.items()}
+    tags["champion.version"] = figures.version
+    tags["champion.data_version"] = figures.data_version or "unknown"
+    if evaluated is not None:
+        tags["champion.evaluation"] = evaluated.eval_dir or "none"
+        tags["champion.evaluation_cached"] = str(evaluated.cached).lower()
+        if evaluated.unusable:
+            tags["champion.unusable"] = evaluated.unusable[:5000]
+    return tags

@@ -138,6 +138,7 @@ def train(
     verbose: bool = False,
     echo: Callable[[str], Any] | None = None,
     worker_hooks: Sequence[Hook] = (),
+    init_label: str | None = None,
 ) -> TrainResult:
     """Train (or resume) run ``run_name`` under ``train.storage_path``; returns where the final checkpoint is.
 
@@ -146,6 +147,8 @@ def train(
     ``local`` runs one worker in this process instead of on Ray.
     ``worker_hooks`` run inside every worker on every rank (picklable: they travel to Ray workers);
     each sees ``Launching`` here first and may refuse the run with a ConfigError.
+    ``init_label`` names where ``init_from`` came from (``models:/NAME/VERSION``) in the
+    final checkpoint's meta.json (``init_from``; default: the directory).
     """
     say = echo or (lambda s: print(s, file=sys.stdout, flush=True))
     check_run_name(run_name)
@@ -185,6 +188,8 @@ def train(
         say(f"[train] MLflow run {run_id}{' (continued)' if resumed else ''}")
     meta = {"run_name": run_name, "class_names": pre.manifest.class_names, "palette": pre.manifest.palette,
             "mlflow_run_id": run_id, "data_version": pre.data_version, "git_commit": git_commit()}
+    if init_path is not None:
+        meta["init_from"] = init_label or str(init_path.resolve())
     payload = build_payload(config, run_dir, phases, pre, init_path, meta, worker_hooks)
 
     ok = False
