@@ -81,7 +81,7 @@ def ddim_sample(
     [N, 3, H, W] (x's dtype). ``draw_noise`` is needed only when eta > 0.
     """
     if eta > 0:
-        _require_noise(draw_noise, f"DDIM with eta {eta}")
+        draw_noise = _require_noise(draw_noise, f"DDIM with eta {eta}")
     for i in indices:
         t, model_output = _denoise_at(denoise, process, x, i)
         x_start = process.p_mean_variance(model_output, x, t, clip_denoised=clip_denoised)["pred_x_start"]

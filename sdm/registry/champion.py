@@ -11,14 +11,13 @@ guidance scales.
 
 The result is cached under ``<sdm cache>/champion-evaluations/`` keyed by
 :func:`evaluation_key` (checkpoint content, data content, evaluation settings,
-code), so a nightly run evaluates the champion once per data version, not every
-night. The challenger's evaluation task is keyed by the same function.
+code), so a nightly run evaluates the champion once per data version, settings and
+code, not every night. The challenger's evaluation task is keyed by the same function.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 from sdm.config import Config, to_dict
 from sdm.eval.cache import cache_root, short_hash
 from sdm.registry.fingerprint import code_hash, data_hash
+from sdm.registry.lineage import params_hash
 from sdm.registry.metrics import read_metrics
 from sdm.registry.promotion import EQUAL_TERMS, ChampionFigures, current_champion
 
@@ -64,7 +64,7 @@ def evaluation_key(checkpoint: str | Path, data_version: str, config: Config) ->
     """
     parts = {"checkpoint": checkpoint_fingerprint(checkpoint), "data": data_hash(data_version),
              "settings": evaluation_settings(config), "code": code_hash()}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return params_hash(parts)
 
 
 @dataclass
@@ -100,32 +100,43 @@ class ChampionEvaluation:
                                skipped=dict(metrics.skipped))
 
 
-def fetch_champion(config: Config, name: str | None = None) -> tuple[str, Path] | None:
-    """(version, local checkpoint directory) of the version ``register.champion_alias`` points at; None when unset.
+# Under the run storage (``train.storage_path``), which Ray workers on other nodes share: a continue
+# run's workers read the champion's weights from here, and its evaluation reuses the same download.
+REGISTRY_DIR = ".registry"
 
-    Downloaded once per store, model and version into ``<sdm cache>/champions/``.
-    """
-    import mlflow
 
+def download_version(config: Config, name: str, version: Any) -> Path:
+    """The checkpoint of registered ``version`` (an MLflow ``ModelVersion``), downloaded once per store, model,
+    version and creation time into ``<train.storage_path>/.registry/`` (the creation time tells a re-created
+    model's "v1" from the old one)."""
     from sdm.atomic import atomic_dir
     from sdm.registry.model_uri import checkpoint_from_registry
-    from sdm.tracking import configure
+    from sdm.tracking import tracking_uri
 
-    name = name or config.register.model_name
-    store = configure(config)
-    version = current_champion(mlflow.MlflowClient(), name, config.register.champion_alias)
-    if version is None:
-        return None
-    # The creation time tells a re-created model's "v1" from the old one.
-    directory = cache_root() / "champions" / short_hash([store, name, str(version.version),
-                                                         version.creation_timestamp])
+    key = short_hash([tracking_uri(config), name, str(version.version), version.creation_timestamp])
+    directory = Path(config.train.storage_path) / REGISTRY_DIR / f"{name}-v{version.version}-{key}"
     local = directory / "checkpoint"
     if not (local / "config.json").is_file():
         with atomic_dir(directory) as tmp:
-            got = checkpoint_from_registry(f"models:/{name}/{version.version}", tmp, config)
+            got = checkpoint_from_registry(f"models:/{name}/{version.version}", tmp, config, flag="the champion")
             if got.path != tmp / "checkpoint":
                 got.path.rename(tmp / "checkpoint")
-    return str(version.version), local
+    return local.resolve()
+
+
+def fetch_champion(config: Config, name: str | None = None) -> tuple[str, Path] | None:
+    """(version, local checkpoint directory) of the version ``register.champion_alias`` points at; None when
+    unset. Downloaded once (:func:`download_version`)."""
+    import mlflow
+
+    from sdm.tracking import configure
+
+    name = name or config.register.model_name
+    configure(config)
+    version = current_champion(mlflow.MlflowClient(), name, config.register.champion_alias)
+    if version is None:
+        return None
+    return str(version.version), download_version(config, name, version)
 
 
 def evaluate_champion(config: Config, data: str | Path, data_version: str, *, name: str | None = None,

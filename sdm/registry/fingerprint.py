@@ -15,12 +15,12 @@ decide whether there is anything to train (``sdm.registry.retrain_plan``).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdm.config import Config, to_dict
+from sdm.registry.lineage import params_hash
 
 # The sections a model's weights depend on (data.* only for the augmentation keys below:
 # what the prepared data holds is the data hash's job).
@@ -38,10 +38,6 @@ NO_WEIGHT_KEYS = frozenset({
 
 TAG_PREFIX = "lineage.fingerprint"
 PARTS = ("data", "params", "code")
-
-
-def _sha256(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def training_params(config: Config) -> dict[str, Any]:
@@ -106,7 +102,7 @@ class Fingerprint:
 
 def fingerprint(config: Config, data_version: str, package: str | Path | None = None) -> Fingerprint:
     """The fingerprint of training ``config`` on ``data_version`` with this code."""
-    return Fingerprint(data=data_hash(data_version), params=_sha256(training_params(config)),
+    return Fingerprint(data=data_hash(data_version), params=params_hash(training_params(config)),
                        code=code_hash(package))
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdm.atomic import atomic_dir
 from sdm.config import Config, to_dict
 from sdm.errors import InputError
 from sdm.registry.fingerprint import Fingerprint, config_diff, fingerprint
@@ -39,8 +38,6 @@ SCRATCH = "scratch"
 # Model keys that change how the network runs, not what it computes: a champion that
 # differs only in these can still be continued.
 RUNTIME_ONLY = frozenset({"model.use_checkpoint"})
-# Where plan_retrain keeps the champion checkpoints it downloads (under train.storage_path).
-CHAMPIONS_DIR = ".registry"
 
 
 class RetrainPlanError(InputError):
@@ -98,22 +95,6 @@ def _all_versions(client: Any, name: str) -> list[Any]:
         raise
 
 
-def _download_champion(config: Config, name: str, version: str) -> Path:
-    """The champion's checkpoint, downloaded once under ``<storage_path>/.registry/<name>-v<version>``."""
-    from sdm.registry.model_uri import checkpoint_from_registry
-
-    dst = Path(config.train.storage_path) / CHAMPIONS_DIR / f"{name}-v{version}"
-    if (dst / "config.json").is_file():
-        return dst.resolve()
-    with atomic_dir(dst) as tmp:
-        got = checkpoint_from_registry(f"models:/{name}/{version}", tmp, config, flag="the champion")
-        # download_artifacts nests the artifact folder: move its content up to the staging root.
-        if got.path.resolve() != tmp.resolve():
-            for item in got.path.iterdir():
-                item.rename(tmp / item.name)
-    return dst.resolve()
-
-
 def architecture_diff(champion: Config, config: Config) -> dict[str, tuple[Any, Any]]:
     """``model`` and ``diffusion`` keys whose values differ (champion, now); runtime-only keys ignored."""
     a, b = to_dict(champion), to_dict(config)
@@ -155,6 +136,7 @@ def plan_retrain(config: Config, data_version: str, *, force: bool = False,
     import mlflow
 
     from sdm.model import read_checkpoint_config
+    from sdm.registry.champion import download_version
     from sdm.registry.promotion import current_champion
     from sdm.tracking import configure
 
@@ -188,7 +170,7 @@ def plan_retrain(config: Config, data_version: str, *, force: bool = False,
     elif requested == SCRATCH:
         why = "retrain.mode is scratch"
     else:
-        local = _download_champion(config, reg.model_name, str(champion.version))
+        local = download_version(config, reg.model_name, champion)
         diff = architecture_diff(read_checkpoint_config(local), config)
         uri = f"models:/{reg.model_name}/{champion.version}"
         if not diff:

@@ -263,6 +263,3 @@ class LocalCheckpointSink:
         path = self.store.save(make_state()) if self.ctx.is_main else self.store.root / name
         barrier(self.ctx)  # nobody runs ahead of a checkpoint that might be needed to resume
         return str(path)
-
-    def latest(self) -> Path | None:
-        return self.store.latest()

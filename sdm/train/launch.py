@@ -197,16 +197,12 @@ def train(
         if local:
             _run_local(payload, Hooks(hooks))
         else:
-            from sdm.train.ray_run import RaySettings, run_on_ray
+            from sdm.train.ray_run import run_on_ray
 
-            settings = RaySettings(workers=workers, use_gpu=use_gpu, cpus_per_worker=config.train.cpus_per_worker,
-                                   storage_path=Path(config.train.storage_path), run_name=run_name,
-                                   max_failures=config.train.max_failures,
-                                   keep_checkpoints=config.train.keep_checkpoints, verbose=verbose)
-            run_on_ray(payload, settings, Hooks(hooks))
+            run_on_ray(payload, Hooks(hooks), verbose=verbose)
         ok = True
     finally:
         if client is not None and run_id is not None:
             end_run(client, run_id, ok)
-    total = sum(getattr(config.train, p).steps for p in phases)
+    total = sum(steps.values())
     return TrainResult(run_dir=run_dir, final_dir=run_dir / FINAL_DIR, global_step=total, mlflow_run_id=run_id)

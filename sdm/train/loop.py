@@ -17,7 +17,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -117,7 +117,6 @@ class LoopParts:
     run_dir: Path
     data_version: str = ""
     sampler: SampleRenderer | None = None
-    extra_state: dict[str, Any] = field(default_factory=dict)
 
 
 class _Meter:
@@ -240,8 +239,7 @@ def _save(parts: LoopParts, phase: PhaseInfo, done: int, optimizer: torch.optim.
             phase=phase.name, phase_index=phase.index, step=done, phase_steps=phase.steps,
             model=parts.model.state_dict(), ema=parts.ema.state_dict(), ema_updates=parts.ema.num_updates,
             optimizer=optimizer.state_dict(), config=to_dict(parts.config), data_version=parts.data_version,
-            extra={"global_step": phase.global_offset + done, "world_size": parts.ctx.world_size,
-                   **parts.extra_state},
+            extra={"global_step": phase.global_offset + done, "world_size": parts.ctx.world_size},
         )
 
     where = parts.sink.save(make_state, f"checkpoint-{phase.name}-{done:07d}",

@@ -23,10 +23,10 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdm.config import TrainConfig
 from sdm.errors import InputError
 from sdm.train.checkpoint import TrainState, latest_checkpoint, read_train_state, write_train_state
 from sdm.train.distributed import WorkerContext
@@ -43,18 +43,6 @@ class ClusterTooSmallError(InputError):
 
 class TrainingFailed(RuntimeError):
     """Training failed after Ray's restarts were used up; the message has the workers' errors."""
-
-
-@dataclass(frozen=True)
-class RaySettings:
-    workers: int
-    use_gpu: bool
-    cpus_per_worker: int
-    storage_path: Path  # absolute
-    run_name: str
-    max_failures: int
-    keep_checkpoints: int
-    verbose: bool = False
 
 
 # ---- driver side -------------------------------------------------------------------------------------------
@@ -75,17 +63,18 @@ def ensure_ray(verbose: bool = False) -> bool:
     return True
 
 
-def check_cluster(settings: RaySettings) -> None:
-    """Enough CPUs/GPUs for the workers? An error on a local cluster; a note on a remote one (it may autoscale)."""
+def check_cluster(tc: TrainConfig) -> None:
+    """Enough CPUs/GPUs for ``tc.workers`` workers? An error on a local cluster; a note on a remote one (it may
+    autoscale)."""
     import ray
 
     have = ray.cluster_resources()
-    need_cpu = settings.workers * settings.cpus_per_worker
-    need_gpu = settings.workers if settings.use_gpu else 0
+    need_cpu = tc.workers * tc.cpus_per_worker
+    need_gpu = tc.workers if tc.use_gpu else 0
     problems = []
     if have.get("CPU", 0) < need_cpu:
-        problems.append(f"{need_cpu} CPUs ({settings.workers} workers x train.cpus_per_worker="
-                        f"{settings.cpus_per_worker}), the cluster has {have.get('CPU', 0):g}")
+        problems.append(f"{need_cpu} CPUs ({tc.workers} workers x train.cpus_per_worker="
+                        f"{tc.cpus_per_worker}), the cluster has {have.get('CPU', 0):g}")
     if have.get("GPU", 0) < need_gpu:
         problems.append(f"{need_gpu} GPUs (--gpu: one per worker), the cluster has {have.get('GPU', 0):g}")
     if not problems:
@@ -98,24 +87,25 @@ def check_cluster(settings: RaySettings) -> None:
                                "to a bigger cluster")
 
 
-def build_trainer(payload: WorkerPayload, settings: RaySettings, queue: Any) -> Any:
-    """The ``TorchTrainer`` for this run (ScalingConfig, RunConfig, FailureConfig, CheckpointConfig)."""
+def build_trainer(payload: WorkerPayload, queue: Any) -> Any:
+    """The ``TorchTrainer`` for this run (ScalingConfig, RunConfig, FailureConfig, CheckpointConfig), all from
+    the payload's resolved ``train`` section; Ray's run is ``<storage_path>/<run name>``, the run directory."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    resources: dict[str, float] = {"CPU": settings.cpus_per_worker}
-    if settings.use_gpu:
+    tc = payload.config.train
+    resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
+    if tc.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         train_worker,
         train_loop_config={"payload": payload, "queue": queue},
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=settings.run_name,
-            storage_path=str(settings.storage_path),
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+            name=payload.run_dir.name,
+            storage_path=str(payload.run_dir.parent),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
     )
@@ -150,23 +140,25 @@ class _Relay(threading.Thread):
             self.error = e
 
 
-def run_on_ray(payload: WorkerPayload, settings: RaySettings, hooks: Hook) -> Any:
-    """Fit the TorchTrainer while relaying rank 0's events to ``hooks``; returns Ray's Result."""
+def run_on_ray(payload: WorkerPayload, hooks: Hook, verbose: bool = False) -> Any:
+    """Fit the TorchTrainer while relaying rank 0's events to ``hooks``; returns Ray's Result.
+
+    ``verbose`` shows Ray's and the workers' own logs."""
     import ray
     from ray.train import TrainingFailedError
     from ray.util.queue import Queue
 
-    started = ensure_ray(settings.verbose)
+    started = ensure_ray(verbose)
     try:
-        check_cluster(settings)
+        check_cluster(payload.config.train)
         queue = Queue(actor_options={"num_cpus": 0})
         relay = _Relay(queue, hooks)
-        trainer = build_trainer(payload, settings, queue)
+        trainer = build_trainer(payload, queue)
         relay.start()
         try:
             result = trainer.fit()
         except TrainingFailedError as e:
-            raise TrainingFailed(f"training failed after {settings.max_failures} restart(s) "
+            raise TrainingFailed(f"training failed after {payload.config.train.max_failures} restart(s) "
                                  f"(train.max_failures): {e}") from None
         finally:
             relay.stop.set()
