@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,8 @@ from sdm.registry.rule import check_promotion_rule
 from sdm.tracking import tracking_uri
 
 DEPLOYMENT = "retrain-nightly"
+# The pipeline's lock file, in the project folder (beside params.yaml).
+PIPELINE_LOCK = ".retrain.sdm-lock"
 
 
 def _grid(eval_dir: Path) -> Path | None:
@@ -46,7 +51,28 @@ def _grid(eval_dir: Path) -> Path | None:
     return grids[-1] if grids else None
 
 
-@flow(name="retrain", retries=1, retry_delay_seconds=5, log_prints=True)
+def _one_run_per_project(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``fn`` (the retrain flow's body) holding the project's pipeline lock (``sdm.locks``): a second retrain of
+    one project (a manual run during a scheduled one) fails at once naming the first, instead of both preparing
+    the same data and training the same run. The project is the folder of ``params_file``."""
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        from sdm.locks import hold_lock
+
+        params_file = inspect.signature(fn).bind(*args, **kwargs).arguments.get("params_file", "params.yaml")
+        root = Path(params_file).resolve().parent
+        with hold_lock(root / PIPELINE_LOCK, f"the retrain pipeline of {root}"):
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+# No flow-level retry: Prefect 3.9.1's @flow has no retry_condition_fn, so `retries=` would rerun the whole flow
+# after ANY failure (bad input, a full disk, a NaN loss). Each step that talks to a remote retries itself on
+# network errors and timeouts only (flows.tasks.transient_only), and a rerun resumes training.
+@flow(name="retrain", log_prints=True)
+@_one_run_per_project
 def retrain(
     preset: str | None = None,
     overrides: list[str] | None = None,

@@ -9,16 +9,18 @@
 - ``evaluate_champion`` / ``compare_models``: the champion evaluated on the challenger's data and settings
   (cached per checkpoint, data content, settings and code), and the side-by-side grid.
 - ``register_model``: log the model version into its training run, tag lineage and both models' figures,
-  alias, promote by the ``register.promotion`` rule (MLflow calls are retried).
+  alias, promote by the ``register.promotion`` rule (retried on network errors; idempotent: a retry finishes
+  the checkpoint's one version, ``sdm.registry.idempotent``).
 
-Only failures that may succeed on a second try are retried (``transient_only``): bad input stays bad.
+Only failures that may succeed on a second try are retried (``transient_only``, :mod:`sdm.retry_policy`):
+network outages and timeouts; bad input, a full disk, a permission error or a NaN loss stay as they are.
+Every DVC command has a time limit (``data.dvc_timeout_s``; ``data.dvc_repro_timeout_s`` for repro).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +28,26 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from sdm.config import Config, ConfigError
-from sdm.data.version import data_version_info, dvc_command, find_dvc_root, run_dvc, stage_names, stage_out
+from sdm.data.version import (
+    DataVersionError,
+    DvcTimeoutError,
+    data_version_info,
+    find_dvc_root,
+    run_dvc,
+    stage_names,
+    stage_out,
+)
 from sdm.registry.retrain_plan import RetrainPlan
-
-# Bad input stays bad: retrying it only delays the clear error.
-NOT_TRANSIENT: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError, KeyError, TypeError)
+from sdm.retry_policy import retry_condition
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry unless the failure is a bad-input error."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None:
-        try:
-            exc = state.result(raise_on_failure=False)
-        except Exception:  # an unreadable result: be conservative and retry
-            return True
-    return not isinstance(exc, NOT_TRANSIENT)
+    """Prefect ``retry_condition_fn`` of every retried task: retry only network and timeout failures.
+
+    :mod:`sdm.retry_policy` decides (a full disk, a permission error, bad input, a NaN loss are never
+    retried: they would fail the same way again) and logs why.
+    """
+    return retry_condition(task, task_run, state)
 
 
 # params.yaml keys the DVC prepare stages track: a --set on them would train on
@@ -74,18 +80,24 @@ def project_root() -> Path:
     return root
 
 
-def _stage_up_to_date(stage: str, root: Path) -> bool:
-    """DVC's own decision: is ``stage`` (and what it depends on) unchanged since the last repro?"""
+def _stage_up_to_date(stage: str, root: Path, timeout_s: float) -> bool:
+    """DVC's own decision: is ``stage`` (and what it depends on) unchanged since the last repro?
+
+    A ``dvc status`` past ``timeout_s`` is killed and raises :class:`sdm.data.version.DvcTimeoutError`.
+    """
     if not (root / "dvc.lock").exists():
         return False
     # --with-deps: the stages upstream count too (a changed data.synth re-synthesises the raw data, which the
     # prepare stage alone would not report).
-    proc = subprocess.run([*dvc_command(), "status", "--with-deps", "--json", stage], cwd=root, capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        return False
     try:
-        return json.loads(proc.stdout or "{}") == {}
+        out = run_dvc(["status", "--with-deps", "--json", stage], root, timeout_s=timeout_s, echo=False)
+    except DvcTimeoutError:
+        raise  # a hung DVC is an outage to report (and retry), not "changed"
+    except DataVersionError:
+        return False  # DVC cannot tell: repro decides
+    try:
+        # The JSON is the last line (DVC may print warnings before it).
+        return json.loads(out.strip().splitlines()[-1] if out.strip() else "{}") == {}
     except json.JSONDecodeError:
         return False
 
@@ -98,12 +110,12 @@ def prepare_data(config: Config) -> dict[str, Any]:
     stage = stage_for(config)
     if stage not in stage_names(root):
         raise ConfigError(f"{root / 'dvc.yaml'} has no stage {stage!r}; data/README.md shows how to add one")
-    unchanged = _stage_up_to_date(stage, root) and stage_out(root, stage).exists()
+    unchanged = _stage_up_to_date(stage, root, config.data.dvc_timeout_s) and stage_out(root, stage).exists()
     if unchanged:
         logger.info("data unchanged (dvc status %s is clean): preparation skipped", stage)
     else:
         logger.info("dvc repro %s", stage)
-        run_dvc(["repro", stage], root)
+        run_dvc(["repro", stage], root, timeout_s=config.data.dvc_repro_timeout_s)
     info = data_version_info(stage_out(root, stage))
     info["cached"] = unchanged
     info["prepared"] = str(stage_out(root, stage))
@@ -111,11 +123,12 @@ def prepare_data(config: Config) -> dict[str, Any]:
     return info
 
 
-# A push talks to a remote (S3, SSH, ...): transient failures are retried.
+# A push talks to a remote (S3, SSH, ...): network failures and timeouts are retried.
 @task(name="push-data", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=transient_only)
 def push_data(config: Config) -> None:
+    """``dvc push`` the prepared data, killed past ``data.dvc_timeout_s``."""
     root = project_root()
-    run_dvc(["push", "--with-deps", stage_for(config)], root)
+    run_dvc(["push", "--with-deps", stage_for(config)], root, timeout_s=config.data.dvc_timeout_s)
 
 
 # Reads the registry (MLflow may hiccup: retried) and may download the champion's checkpoint.
@@ -199,8 +212,9 @@ def register_model(config: Config, checkpoint: str, metrics_file: str, promote: 
                                  champion=champion, comparison_grid=comparison_grid)
     promotion = result.promotion
     decision = promotion.decision if promotion else "not asked"
-    logger.info("registered %s version %s (aliases %s; promotion: %s)", result.name, result.version,
-                result.aliases, decision)
+    logger.info("registered %s version %s (aliases %s; promotion: %s)%s", result.name, result.version,
+                result.aliases, decision,
+                " - registered before: the same version, as recorded then" if result.already_registered else "")
     return {"name": result.name, "version": result.version, "model_uri": result.model_uri,
             "run_id": result.run_id, "in_training_run": result.in_training_run,
             "aliases": sorted(a for a, v in result.aliases.items() if str(v) == str(result.version)),

@@ -6,7 +6,9 @@ pickled. The checkpoint (safetensors + config.json) travels as the artifact
 loads and serves without sdm installed (only torch, safetensors, numpy, pyyaml).
 
 Input rows, params and output: see ``sdm/registry/signature.py`` and
-mlflow/README.md. This folder must never get an ``__init__.py``: it would
+mlflow/README.md. Request limits (rows, steps, guidance range, samplers) come
+from the version's ``model_config`` (``register.serving`` at registration); a
+request over one is refused before any sampling. This folder must never get an ``__init__.py``: it would
 shadow the ``mlflow`` package.
 """
 
@@ -28,9 +30,11 @@ class SDMPyfunc(PythonModel):
         import torch
 
         from sdm.model import load_checkpoint
+        from sdm.registry.pyfunc_io import RequestLimits
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.config = load_checkpoint(context.artifacts["checkpoint"], use_ema=True, device=device)
+        self.limits = RequestLimits.from_model_config(getattr(context, "model_config", None))
 
     # pd.DataFrame is a hint MLflow infers no signature from: the explicit signature (signature.py) stands.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
@@ -38,8 +42,9 @@ class SDMPyfunc(PythonModel):
         from sdm.sampling import generate
 
         try:
-            labels, instances = parse_model_input(model_input, self.config)
-            opts = sampling_options(params, self.config.sample)
+            # Params first: a request over a limit is refused before its rows are parsed.
+            opts = sampling_options(params, self.config.sample, self.limits, self.config.diffusion.steps)
+            labels, instances = parse_model_input(model_input, self.config, self.limits)
             return generate(self.model, self.config, labels, instances, batch_size=self.config.sample.batch_size,
                             **opts)
         except ValueError as e:

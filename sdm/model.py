@@ -5,7 +5,9 @@ A checkpoint is a directory:
 - ``model.safetensors``: the weights (``ema.safetensors`` beside it when an EMA copy exists);
 - ``config.json``: the whole resolved ``sdm.config.Config``, so the diffusion
   and sampling settings travel with the weights;
-- ``meta.json`` (optional): free-form facts (step, data_version, class_names, palette, ...).
+- ``meta.json``: free-form facts (step, data_version, class_names, palette, ...), and under
+  ``files_sha256`` the sha256 of the weights files, checked before they are read (a corrupted
+  file is a ``ChecksumMismatchError`` naming it; checkpoints without the key load as before).
 
 It is written to a temporary sibling directory and renamed into place, so a
 reader never sees half a checkpoint. Nothing here unpickles.
@@ -22,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sdm.atomic import atomic_dir
+from sdm.checksums import digests, verify_files
 from sdm.config.load import ConfigError, from_dict, to_dict
 from sdm.config.schema import Config
 from sdm.nn.unet import ImageSizeError, SDMUNet
@@ -36,6 +39,8 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
+# meta.json's key for the files' sha256: the checkpoint's own record, left out of read_checkpoint_meta.
+SHA256_KEY = "files_sha256"
 
 
 def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,8 +66,10 @@ def save_checkpoint(directory: str | Path, model_state: dict[str, torch.Tensor],
         if ema_state is not None:
             save_file(_plain(ema_state), str(tmp / EMA_FILE))
         (tmp / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2))
-        if meta is not None:
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        # The weights only: a flipped byte there loads silently; the JSON files are validated when read
+        # (and config.json may be edited by hand, e.g. sampling settings).
+        sha256 = digests(tmp, (MODEL_FILE, EMA_FILE))
+        (tmp / META_FILE).write_text(json.dumps({**(meta or {}), SHA256_KEY: sha256}, indent=2, default=str))
     return directory
 
 
@@ -91,7 +98,21 @@ def read_checkpoint_config(directory: str | Path) -> Config:
 
 
 def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
-    """The free-form ``meta.json`` of a checkpoint ({} when it has none)."""
+    """The free-form ``meta.json`` of a checkpoint ({} when it has none), without the files' sha256."""
+    meta = _read_meta(directory)
+    meta.pop(SHA256_KEY, None)
+    return meta
+
+
+def recorded_sha256(directory: str | Path) -> dict[str, str]:
+    """``{file name: sha256}`` recorded when the checkpoint was written ({} for one written before)."""
+    recorded = _read_meta(directory).get(SHA256_KEY) or {}
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"{Path(directory) / META_FILE}: {SHA256_KEY} is not a JSON object")
+    return recorded
+
+
+def _read_meta(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     _require_dir(directory)
     path = directory / META_FILE
@@ -109,6 +130,7 @@ def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; a checkpoint directory holds {MODEL_FILE} + {CONFIG_FILE}")
+    verify_files(path.parent, recorded_sha256(path.parent), [path.name])
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:

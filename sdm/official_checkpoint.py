@@ -20,10 +20,12 @@ from typing import Any
 
 import torch
 
+from sdm.atomic import atomic_dir
 from sdm.config.official import model_config_from_official_args
 from sdm.config.schema import Config, ModelConfig
 from sdm.model import save_checkpoint
 from sdm.nn.unet import SDMUNet
+from sdm.output_folders import CHECKPOINT, check_output_dir
 from sdm.state_dict_check import CheckpointError, check_state_dict
 
 # official key -> our key, for keys that differ (none: the module trees match).
@@ -89,15 +91,23 @@ def official_flag_overrides(flags: Mapping[str, Any]) -> list[str]:
     return [*sets, f"data.image_size={json.dumps(model.image_size)}"]
 
 
-def convert_official(checkpoint: str | Path, config: Config, out: str | Path) -> Path:
+def convert_official(checkpoint: str | Path, config: Config, out: str | Path, *, overwrite: bool = False) -> Path:
     """Official .pt -> our checkpoint directory at ``out`` (model.safetensors + config.json + meta.json).
 
     The weights must fit ``config.model`` (``CheckpointError`` otherwise); the
-    directory is written atomically. Returns ``out``.
+    directory is written atomically. An existing ``out`` is replaced only when it
+    is an sdm checkpoint (or empty) unless ``overwrite``, never when it holds
+    ``checkpoint`` (``sdm.output_folders``). Returns ``out``.
     """
-    checkpoint = Path(checkpoint)
+    checkpoint, out = Path(checkpoint), Path(out)
+    # A refused --out fails before the (large) weights are read; atomic_dir checks again before the swap.
+    check_output_dir(out, CHECKPOINT, overwrite=overwrite, sources=[checkpoint])
     model = load_official_checkpoint(checkpoint, config.model,
                                      "the resolved model section (params.yaml / --preset / --official-flag / --set)")
     meta = {"source": "official SDM release (github.com/WeilunWang/semantic-diffusion-model)",
             "official_checkpoint": checkpoint.name, "official_sha256": _sha256(checkpoint)}
-    return save_checkpoint(out, model.state_dict(), config, meta=meta)
+    # save_checkpoint writes the checkpoint files; the outer folder adds the marker and the guarded swap.
+    with atomic_dir(out, kind=CHECKPOINT, overwrite=overwrite, sources=[checkpoint],
+                    source=checkpoint.resolve()) as tmp:
+        save_checkpoint(tmp, model.state_dict(), config, meta=meta)
+    return out

@@ -8,12 +8,20 @@ MLflow's file store is refused by MLflow 3.x, so local stores are always sqlite.
 
 ``SDM_MLFLOW_ARTIFACTS`` overrides the artifact folder used for experiments this
 module creates (the tests point it at a temporary directory).
+
+MLflow's HTTP client retries a refused connection for about four minutes by
+default (7 retries, doubling waits) and waits 120 s for a reply: right for a
+rate-limited server, wrong for a training driver whose tracking server is down.
+:func:`bounded_http` shortens both for the calls made inside it, unless the user
+set them (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``..._TIMEOUT`` / ``..._BACKOFF_FACTOR``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,3 +129,26 @@ _BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
 def metric_key(key: str) -> str:
     """An MLflow-safe metric/tag name: ``fid@1.5`` -> ``fid_at_1.5`` (MLflow refuses ``@``)."""
     return _BAD_KEY_CHARS.sub("_", key.replace("@", "_at_"))
+
+
+HTTP_MAX_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+HTTP_BACKOFF = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+
+
+@contextmanager
+def bounded_http(max_retries: int = 2, timeout_s: int = 15, backoff_factor: int = 1) -> Iterator[None]:
+    """MLflow HTTP calls made inside give up after ``max_retries`` quick retries and ``timeout_s`` per reply.
+
+    MLflow reads these settings from the environment at each request, so they
+    are set in ``os.environ`` for the duration (the whole process sees them)
+    and restored after; a value the user set is left as it is."""
+    wanted = {HTTP_MAX_RETRIES: str(max_retries), HTTP_TIMEOUT: str(timeout_s), HTTP_BACKOFF: str(backoff_factor)}
+    ours = {k: v for k, v in wanted.items() if not os.environ.get(k, "").strip()}
+    os.environ.update(ours)
+    try:
+        yield
+    finally:
+        for k, v in ours.items():
+            if os.environ.get(k) == v:
+                del os.environ[k]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,9 +64,10 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     """Write a uint8 [H, W, 3] (or [H, W]) array as PNG, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A unique temp name opened with "x" (not mkstemp, whose files are 0600): the PNG gets the user's umask.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG")
         os.replace(tmp, path)
     except BaseException:

@@ -30,6 +30,9 @@ os.environ.pop("RAY_ADDRESS", None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# A real MLflow tracking server (session-scoped) for outage tests: see tests/_servers.py.
+from _servers import live_mlflow, mlflow_server  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def session_home() -> Path:

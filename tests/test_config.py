@@ -98,9 +98,21 @@ def test_bad_values_name_path_and_value(override: str, pattern: str) -> None:
         resolve(overrides=[override], params=None)
 
 
-def test_model_and_data_size_must_agree() -> None:
+def test_model_and_data_size_must_agree(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.image_size"):
-        resolve(overrides=["model.image_size=[64,64]"], params=None)
+        resolve(overrides=["model.image_size=[64,64]", "data.image_size=[32,32]"], params=None)
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  image_size: [64, 64]\n")
+    with pytest.raises(ConfigError, match="model.image_size"):
+        resolve(params=params)
+
+
+def test_one_image_size_set_moves_both_as_size_does() -> None:
+    """``--set data.image_size=64`` works where ``sdm data prepare --size 64`` does (issue 16)."""
+    for text, want in (("data.image_size=64", [64, 64]), ("model.image_size=48x64", [48, 64]),
+                       ("data.image_size=[64,128]", [64, 128])):
+        cfg = resolve(overrides=[text], params=None)
+        assert list(cfg.data.image_size) == list(cfg.model.image_size) == want, text
 
 
 def test_yaml_syntax_error_gives_file_line_column(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ def repo(tmp_path):
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
     shutil.copy(REPO / ".dvcignore", repo / ".dvcignore")
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")  # it ignores sdm's lock files beside the data outputs
     shutil.copytree(REPO / "sdm" / "data", repo / "sdm" / "data", ignore=shutil.ignore_patterns("__pycache__"))
     set_n(repo, 12)
     sh(["git", "init", "-q"], repo)

@@ -44,12 +44,15 @@ def test_versions_lineage_and_champion_moves_only_when_better(mlflow_uri: str, c
     assert first.version == "1"
     assert first.promotion.decision == "promoted" and first.aliases == {"candidate": 1, "champion": 1}
 
-    worse = _register(checkpoint, tmp_path, fsd=0.70)
+    # Other weights (registering the same checkpoint again gives its one version: tests/test_registry_idempotent.py).
+    second = make_checkpoint(tmp_path / "second" / "final", seed=2)
+    worse = _register(second, tmp_path, fsd=0.70)
     assert worse.version == "2"
     assert worse.promotion.decision == "kept"
     assert worse.aliases == {"candidate": 2, "champion": 1}
 
-    better = _register(checkpoint, tmp_path, fsd=0.30)
+    third = make_checkpoint(tmp_path / "third" / "final", seed=3)
+    better = _register(third, tmp_path, fsd=0.30)
     assert better.version == "3" and better.promotion.decision == "promoted"
     assert better.aliases == {"candidate": 3, "champion": 3}
 
@@ -63,7 +66,7 @@ def test_versions_lineage_and_champion_moves_only_when_better(mlflow_uri: str, c
     assert tags["lineage.params_hash"] == params_hash(json.loads((checkpoint / "config.json").read_text()))
     assert tags["lineage.git_commit"] == git_commit() and len(tags["lineage.git_commit"]) == 40
     assert tags["lineage.data_version"] == "data-v1" and tags["lineage.train_mlflow_run_id"] == "abc123"
-    assert tags["lineage.checkpoint"] == str(checkpoint.resolve())
+    assert tags["lineage.checkpoint"] == str(second.resolve())
     # The description: the decision and a short table (metric | challenger | champion | change).
     assert "**Promotion: kept**" in version.description
     assert "| **fsd@1.5** (compared) | 0.7 | 0.5 | 40.0% worse |" in version.description

@@ -82,6 +82,13 @@ def test_champion_serves_and_answers_a_label_map(mlflow_uri: str, tmp_path: Path
 
         status, body = _post(f"{base}/invocations", {"dataframe_records": [{"labels": np.full((8, 8), 9).tolist()}]})
         assert status == 400 and "label map 0 has value 9" in body.get("message", ""), body
+
+        # Over the request limits stored with the version (register.serving defaults): 400 naming the limit.
+        status, body = _post(f"{base}/invocations", {"dataframe_records": [{"labels": labels.tolist()}] * 17})
+        assert status == 400 and "at most 16 per request (register.serving.max_rows)" in body.get("message", ""), body
+        status, body = _post(f"{base}/invocations", {"dataframe_records": [{"labels": labels.tolist()}],
+                                                    "params": {"steps": 5000}})
+        assert status == 400 and "limit of 1000 (register.serving.max_steps)" in body.get("message", ""), body
     finally:
         proc.terminate()  # the scoring server (its child) gets SIGTERM when this process dies
         try:

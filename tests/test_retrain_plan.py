@@ -29,7 +29,9 @@ def _config(tmp_path: Path, *extra: str) -> Config:
 
 def _register_champion(tmp_path: Path, config: Config, data_version: str, promote: bool = True) -> str:
     """Register a tiny checkpoint with the fingerprint tags of ``config`` on ``data_version``; returns its version."""
-    ckpt = make_checkpoint(tmp_path / f"ckpt-{len(list(tmp_path.glob('ckpt-*')))}")
+    # Another seed per checkpoint: registering the same weights twice gives one version (idempotent).
+    n = len(list(tmp_path.glob("ckpt-*")))
+    ckpt = make_checkpoint(tmp_path / f"ckpt-{n}", seed=n)
     metrics = write_metrics(tmp_path / "metrics.json", {"fsd@1.5": 1.0, "miou@1.5": 0.5})
     plan_tags = fingerprint(config, data_version).tags()
     result = register_checkpoint(ckpt, metrics, config, promote=promote, extra_tags=plan_tags)

@@ -60,8 +60,8 @@ def test_sample_end_to_end(checkpoint: Path, tmp_path: Path) -> None:
     result = _run("--checkpoint", checkpoint, "--labels", labels, "--out", out, "--sampler", "ddim", "--steps", "3",
                   "--guidance", "2.0", "--seed", "4", "--batch-size", "2")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "grid.png", "scene_0.png", "scene_1.png",
-                                                     "scene_2.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".sdm-output.json", "config.yaml", "grid.png", "scene_0.png",
+                                                     "scene_1.png", "scene_2.png"]
     sample = np.asarray(Image.open(out / "scene_1.png"))
     assert sample.shape == (SIZE, SIZE, 3) and sample.dtype == np.uint8 and sample.std() > 0
     grid = np.asarray(Image.open(out / "grid.png"))

@@ -45,6 +45,29 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def checkpoint_dir(path: Path, flag: str = "--checkpoint") -> Path:
+    """``path`` itself, unless it is a near miss with one likely fix: a training run folder -> its ``final/``.
+
+    ``runs/<run>`` holds ``final/`` (the exported model) beside its resumable checkpoints; naming the run
+    instead of its export is the common slip. Any other problem is left to the checkpoint loader's message.
+    """
+    if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
+        raise InputError(f"{flag} {path}: a training run folder, not a checkpoint; its exported model is "
+                         f"{path / 'final'}: `{flag} {path / 'final'}`")
+    return path
+
+
+def metrics_file(path: Path, flag: str = "--metrics") -> Path:
+    """``path``, or ``path/metrics.json`` when ``path`` is a folder (an ``sdm evaluate --out`` folder)."""
+    if path.is_dir():
+        inside = path / "metrics.json"
+        if not inside.is_file():
+            raise InputError(f"{flag} {path}: a folder without metrics.json; give the metrics.json that "
+                             f"`sdm evaluate --out DIR` wrote (DIR/metrics.json)")
+        return inside
+    return path
+
+
 def flag_overrides(section: str, **flags: Any) -> list[str]:
     """``section.key=<json>`` overrides for the flags that were given (not None), for :func:`load_config`.
 

@@ -25,12 +25,15 @@ def convert_official(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="The official .pt state dict (loaded with "
                                              "torch.load(weights_only=True); nothing is unpickled).")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write (model.safetensors + "
-                                      "config.json + meta.json); replaced atomically if it exists.")],
+                                      "config.json + meta.json); replaced atomically when it is a checkpoint "
+                                      "sdm wrote (else see --overwrite).")],
     official_flag: Annotated[list[str] | None, typer.Option(
         "--official-flag",
         help="An official script flag (repeatable), e.g. --official-flag image_size=256 --official-flag "
              "num_classes=151: sets the model section (and data.image_size) the way the official scripts would, "
              "with the official defaults for flags not given. Applied after --preset, before --set.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even when it is not a "
+                                            "checkpoint sdm wrote (never the input .pt's folder).")] = False,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -45,7 +48,7 @@ def convert_official(
     cfg = load_config(preset, [*derived, *(set_ or [])], params)
     dry_run_exit(cfg, dry_run)
     with user_errors():
-        written = convert(checkpoint, cfg, out)
+        written = convert(checkpoint, cfg, out, overwrite=overwrite)
     m = cfg.model
     typer.echo(f"wrote {written} (model {m.image_size[0]}x{m.image_size[1]}, {m.num_classes} classes"
                f"{' + instance edges' if m.use_instance else ''}, {m.model_channels} channels) from {checkpoint}")

@@ -32,6 +32,9 @@ FormatOpt = Annotated[
     str | None, typer.Option("--format", help="folder, ade20k, cityscapes, celebamask-hq, coco-stuff.")
 ]
 SourceOpt = Annotated[Path | None, typer.Option("--source", help="The raw dataset folder.")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace --out even when it is not a folder sdm wrote for this command (never the "
+                        "source folder or a folder holding it).")]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", help="Threads for decoding/encoding (default: all cores).")
 ]
@@ -65,6 +68,7 @@ def synth(
     size: Annotated[int | None, typer.Option("--size", help="Side in pixels (data.synth.size).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed (data.synth.seed).")] = None,
     workers: WorkersOpt = None,
+    overwrite: OverwriteOpt = False,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -78,7 +82,7 @@ def synth(
     target = out or Path(cfg.data.source)
     s = cfg.data.synth
     with user_errors():
-        synthesize(target, s.n, s.size, s.seed, workers=workers, progress=True)
+        synthesize(target, s.n, s.size, s.seed, workers=workers, progress=True, overwrite=overwrite)
     typer.echo(f"wrote {s.n} scenes of {s.size}x{s.size} px (seed {s.seed}) to {target}")
 
 
@@ -96,7 +100,8 @@ def validate(
     from sdm.data.validate import validate as run_validate
 
     with user_errors():
-        report = run_validate(cfg.data.format, cfg.data.source, workers=workers, progress=True)
+        report = run_validate(cfg.data.format, cfg.data.source, workers=workers, progress=True,
+                              max_image_pixels=cfg.data.max_image_pixels)
     typer.echo(str(report))
     if not report.ok:
         raise typer.Exit(1)
@@ -111,6 +116,7 @@ def prepare(
     on_error: Annotated[str | None, typer.Option("--on-error", help="fail (write nothing) or skip (leave out, list "
                                                                     "in the manifest).")] = None,
     workers: WorkersOpt = None,
+    overwrite: OverwriteOpt = False,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -133,7 +139,8 @@ def prepare(
     with user_errors():
         manifest = run_prepare(d.format, d.source, d.prepared, d.image_size, val_fraction=d.val_fraction,
                                split_seed=d.split_seed, on_error=d.on_error, shard_mb=d.shard_mb, workers=workers,
-                               progress=True, extra_files={"config.yaml": _data_yaml(cfg)})
+                               progress=True, extra_files={"config.yaml": _data_yaml(cfg)}, overwrite=overwrite,
+                               max_image_pixels=d.max_image_pixels)
     counts = ", ".join(f"{s}: {n}" for s, n in manifest.counts.items())
     typer.echo(f"prepared {d.format} from {d.source} at {d.image_size[0]}x{d.image_size[1]} into {d.prepared} "
                f"({counts}; {len(manifest.shards)} shard(s))")

@@ -18,6 +18,7 @@ from sdm.cli.common import (
     ParamsOpt,
     PresetOpt,
     SetOpt,
+    checkpoint_dir,
     dry_run_exit,
     flag_overrides,
     load_config,
@@ -59,6 +60,8 @@ def evaluate(
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA weights when present.")] = True,
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to the checkpoint's MLflow "
                                          "run.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even when it is not an evaluation "
+                                            "sdm wrote (never a run folder or an input).")] = False,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -85,9 +88,9 @@ def evaluate(
         if checkpoint is None or out is None:
             raise InputError("sdm evaluate needs --checkpoint DIR and --out DIR (see sdm evaluate --help)")
         request = EvalRequest(
-            checkpoint=checkpoint, data=data or Path(cfg.data.prepared), out=out,
+            checkpoint=checkpoint_dir(checkpoint), data=data or Path(cfg.data.prepared), out=out,
             steps_sweep=steps_sweep is not None, use_ema=ema, log_mlflow=mlflow,
-            device=default_device() if device == "auto" else device,
+            device=default_device() if device == "auto" else device, overwrite=overwrite,
         )
         metrics = run_evaluation(request, cfg, log=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "skipped"}, indent=2))
@@ -99,6 +102,8 @@ def train_segmenter_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Save here instead of the cache (reused when "
                                              "present).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain even when a cached one exists.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even when it is not a segmenter "
+                                            "sdm wrote (never the data folder or a folder holding it).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     preset: PresetOpt = None,
     set_: SetOpt = None,
@@ -112,6 +117,10 @@ def train_segmenter_cmd(
     from sdm.eval.segmenter_cache import train_and_save
 
     with user_errors():
+        if out is not None:  # before any training: a user's folder at --out is not replaced without --overwrite
+            from sdm.output_folders import SEGMENTER, check_output_dir
+
+            check_output_dir(out, SEGMENTER, overwrite=overwrite, sources=[data or Path(cfg.data.prepared)])
         seg, directory, trained = train_and_save(
             data or Path(cfg.data.prepared), cfg, out_dir=out, force=force,
             device=default_device() if device == "auto" else device, log=lambda m: typer.echo(m, err=True),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from sdm.cli.common import checkpoint_dir
 from sdm.config import Config
 from sdm.errors import InputError
 
@@ -24,11 +25,21 @@ MODEL_HELP = ("A registered model instead of --checkpoint: models:/NAME@ALIAS (e
 @contextmanager
 def checkpoint_source(checkpoint: Path | None, model: str | None, config: Config) -> Iterator[Path]:
     """The checkpoint directory to use: ``checkpoint``, or ``model``'s registered version downloaded."""
+    with labeled_checkpoint_source(checkpoint, model, config) as (path, _):
+        yield path
+
+
+@contextmanager
+def labeled_checkpoint_source(checkpoint: Path | None, model: str | None,
+                              config: Config) -> Iterator[tuple[Path, str]]:
+    """(checkpoint directory, what to record as its source): the directory's absolute path, or
+    ``models:/NAME/VERSION`` with the alias resolved, so an output says which version made it."""
     if (checkpoint is None) == (model is None):
         raise InputError("give exactly one of --checkpoint DIR or --model models:/NAME@ALIAS")
     if model is None:
         assert checkpoint is not None
-        yield checkpoint
+        checkpoint = checkpoint_dir(checkpoint)
+        yield checkpoint, str(checkpoint.resolve())
         return
     from mlflow.exceptions import MlflowException
 
@@ -42,7 +53,7 @@ def checkpoint_source(checkpoint: Path | None, model: str | None, config: Config
             # An MLflow store that cannot answer (wrong URI, broken database): say which store, no traceback.
             raise InputError(f"--model {model}: MLflow ({tracking_uri(config)}): {e.message}") from None
         typer.echo(f"--model {model}: {got.name} version {got.version}", err=True)
-        yield got.path
+        yield got.path, f"models:/{got.name}/{got.version}"
 
 
 @contextmanager
@@ -57,7 +68,7 @@ def init_source(init_from: str | None, config: Config) -> Iterator[tuple[Path | 
         yield None, None
         return
     if not init_from.startswith("models:/"):
-        yield Path(init_from), None
+        yield checkpoint_dir(Path(init_from), "--init-from"), None
         return
     from mlflow.exceptions import MlflowException
 

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from sdm.cli.common import DryRunOpt, ParamsOpt, PresetOpt, SetOpt, dry_run_exit, load_config, user_errors
+from sdm.cli.common import (
+    DryRunOpt,
+    ParamsOpt,
+    PresetOpt,
+    SetOpt,
+    checkpoint_dir,
+    dry_run_exit,
+    load_config,
+    metrics_file,
+    user_errors,
+)
 from sdm.errors import InputError
 
 
@@ -15,7 +25,7 @@ def register(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint directory (model.safetensors + "
                                              "config.json), e.g. runs/<run>/final.")],
     metrics: Annotated[Path, typer.Option("--metrics", help="The checkpoint's evaluation: metrics.json written "
-                                          "by `sdm evaluate --out DIR`.")],
+                                          "by `sdm evaluate --out DIR` (or DIR itself).")],
     name: Annotated[str | None, typer.Option(
         "--name", help="Registered model name (default: register.model_name).")] = None,
     alias: Annotated[str | None, typer.Option(
@@ -39,13 +49,24 @@ def register(
     from sdm.tracking import tracking_uri
 
     with user_errors():
+        checkpoint, metrics = checkpoint_dir(checkpoint), metrics_file(metrics)
         try:
             result = register_checkpoint(checkpoint, metrics, cfg, name=name, alias=alias, promote=promote)
         except MlflowException as e:
+            from sdm.retry_policy import is_transient
+
+            if is_transient(e):
+                # An outage, not bad input (exit 1); registration is idempotent, so the same command again is safe.
+                typer.echo(f"error: MLflow ({tracking_uri(cfg)}) did not answer: {e.message}\nrun the same command "
+                           "again: it finishes this checkpoint's version, never makes a second one", err=True)
+                raise typer.Exit(1) from None
             # An MLflow store that cannot answer (wrong URI, broken database): say which store, no traceback.
             raise InputError(f"MLflow ({tracking_uri(cfg)}): {e.message}") from None
     decision = result.promotion
     typer.echo(f"registered {result.name} version {result.version} ({result.model_uri}, run {result.run_id})")
+    if result.already_registered:
+        typer.echo("  (this checkpoint was registered before: the same version, with the figures and decision "
+                   "recorded then; only the alias was set)")
     aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(result.aliases.items()))
     typer.echo(f"aliases: {aliases}")
     if decision is not None:

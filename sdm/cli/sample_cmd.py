@@ -11,9 +11,6 @@ sampling defaults (guidance, sampler, steps, seed, batch size, eta) from the
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Annotated
 
 import typer
 
+from sdm.atomic import atomic_dir
 from sdm.cli.common import (
     SAMPLER_CHOICES,
     DryRunOpt,
@@ -32,9 +30,23 @@ from sdm.cli.common import (
     load_config,
     user_errors,
 )
-from sdm.cli.model_source import MODEL_HELP, checkpoint_source
+from sdm.cli.model_source import MODEL_HELP, labeled_checkpoint_source
 from sdm.config import Config, write_resolved
 from sdm.errors import InputError
+from sdm.output_folders import SAMPLES, check_output_dir
+
+
+def one_guidance_scale(text: str | None) -> float | None:
+    """``--guidance``: one scale here (``evaluate``'s ``--guidance`` takes a comma list of them)."""
+    if text is None:
+        return None
+    if "," in text:
+        raise InputError(f"--guidance {text}: sdm sample takes one guidance scale; run it once per scale, "
+                         f"or compare scales with `sdm evaluate --guidance {text}`")
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--guidance {text!r}: expected a number, e.g. --guidance 1.5") from None
 
 
 def resolve_device(device: str) -> str:
@@ -57,26 +69,18 @@ def checkpoint_palette(checkpoint: Path, num_classes: int) -> list[list[int]] | 
     return None
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """A new ``out`` is the temp dir renamed; into an existing one each file is renamed over its old copy."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    for f in sorted(tmp.iterdir()):
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-
-
 def sample(
     labels: Annotated[Path, typer.Option("--labels", help="A label PNG or a directory of them: single-channel "
                                          "class indices 0..num_classes-1 at the model's size.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory: <label name>.png per label map, grid.png "
-                                      "(coloured label | sample), config.yaml.")],
+                                      "(coloured label | sample), config.yaml; an earlier samples folder there "
+                                      "is replaced, never merged.")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint directory (model.safetensors + "
                                                     "config.json), e.g. runs/<run>/final.")] = None,
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
-    guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale s "
-                                                   "(1 = conditional only; default sample.guidance_scale).")] = None,
+    guidance: Annotated[str | None, typer.Option("--guidance", help="ONE classifier-free guidance scale s "
+                                                 "(1 = conditional only; default sample.guidance_scale); "
+                                                 "`sdm evaluate --guidance 1.0,1.5` compares several.")] = None,
     sampler: Annotated[str | None, typer.Option("--sampler", help=f"One of {SAMPLER_CHOICES} (default "
                                                 "sample.sampler).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (default sample.steps).")] = None,
@@ -92,6 +96,8 @@ def sample(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA weights when present.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even when it is not a samples "
+                                            "folder sdm wrote (never the labels' or checkpoint's folder).")] = False,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -100,10 +106,12 @@ def sample(
     """Sample one image per label map with classifier-free guidance."""
     # The flags resolve with params.yaml, but only this config's sample section is used: the model and
     # diffusion settings are the checkpoint's own.
+    with user_errors():
+        scale = one_guidance_scale(guidance)
     run_cfg = load_config(preset, set_, params, flag_overrides(
-        "sample", guidance_scale=guidance, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, eta=eta))
+        "sample", guidance_scale=scale, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, eta=eta))
     # --model downloads the registered version's checkpoint; from here on both are the same code path.
-    with user_errors(), checkpoint_source(checkpoint, model, run_cfg) as checkpoint:
+    with user_errors(), labeled_checkpoint_source(checkpoint, model, run_cfg) as (checkpoint, made_from):
         from sdm.model import read_checkpoint_config
 
         cfg = replace(read_checkpoint_config(checkpoint), sample=run_cfg.sample)
@@ -111,18 +119,23 @@ def sample(
             raise InputError(f"--steps {cfg.sample.steps}: the checkpoint's diffusion has {cfg.diffusion.steps} "
                              f"steps; sample with 1..{cfg.diffusion.steps}")
         dry_run_exit(cfg, dry_run)
-        _run(checkpoint, labels, instances, out, cfg, resolve_device(device), ema, progress)
+        _run(checkpoint, labels, instances, out, cfg, resolve_device(device), ema, progress,
+             made_from=made_from, overwrite=overwrite)
 
 
 def _run(checkpoint: Path, labels: Path, instances: Path | None, out: Path, cfg: Config, device: str,
-         ema: bool, progress: bool) -> None:
+         ema: bool, progress: bool, *, made_from: str, overwrite: bool = False) -> None:
+    """Sample, then REPLACE ``out`` with the images, grid.png, config.yaml and the marker (never merge:
+    an earlier call's images must not sit beside these). ``made_from``: the checkpoint directory or the
+    ``models:/NAME/VERSION`` it came from, recorded in the marker."""
     from sdm.cli.sample_inputs import read_label_inputs
     from sdm.model import load_checkpoint
     from sdm.sampling import SampleInputError, generate
     from sdm.viz import colorize, default_palette, save_grid, save_png
 
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
+    inputs_ = [checkpoint, labels, instances]
+    # A refused --out fails before any sampling; atomic_dir checks again just before the swap.
+    check_output_dir(out, SAMPLES, overwrite=overwrite, sources=inputs_)
     inputs = read_label_inputs(labels, instances, cfg.model)
     model, _ = load_checkpoint(checkpoint, use_ema=ema, device=device)
     s = cfg.sample
@@ -136,18 +149,14 @@ def _run(checkpoint: Path, labels: Path, instances: Path | None, out: Path, cfg:
         raise InputError(f"{labels}: {e}") from None
     seconds = time.perf_counter() - start
     palette = checkpoint_palette(checkpoint, cfg.model.num_classes) or default_palette(cfg.model.num_classes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, kind=SAMPLES, overwrite=overwrite, sources=inputs_, source=made_from,
+                    marker={"labels": str(labels.resolve()), "sampler": s.sampler, "steps": s.steps,
+                            "guidance_scale": s.guidance_scale, "seed": s.seed}) as tmp:
         rows = []
         for path, label, image in zip(inputs.paths, inputs.labels, images, strict=True):
             save_png(image, tmp / f"{path.stem}.png")
             rows.append([colorize(label, palette), image])
         save_grid(rows, tmp / "grid.png")
         write_resolved(cfg, tmp)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     typer.echo(f"wrote {len(images)} samples, grid.png and config.yaml to {out} ({s.sampler}, {s.steps} steps, "
                f"guidance {s.guidance_scale:g}, seed {s.seed}; {seconds:.1f} s on {device})")

@@ -42,10 +42,16 @@ def list_pngs(path: Path, what: str) -> list[Path]:
     raise InputError(f"{path}: no such {what} file or directory")
 
 
-def read_index_png(path: Path, what: str) -> np.ndarray:
-    """A single-channel PNG as int64 [H, W]; a multi-channel one is an error naming its mode."""
+def read_index_png(path: Path, what: str, model: ModelConfig | None = None) -> np.ndarray:
+    """A single-channel PNG as int64 [H, W]; a multi-channel one is an error naming its mode.
+
+    Opened with the PNG decoder only (a file of another format is refused); with ``model``, a size other
+    than model.image_size is refused from the header, before decoding (a small file claiming a huge size).
+    """
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=["PNG"]) as im:
+            if model is not None:
+                _check_shape((im.size[1], im.size[0]), path, what, model)
             im.load()
             mode, bands = im.mode, len(im.getbands())
             if mode not in SINGLE_CHANNEL_MODES:
@@ -59,9 +65,13 @@ def read_index_png(path: Path, what: str) -> np.ndarray:
 
 
 def _check_size(array: np.ndarray, path: Path, what: str, model: ModelConfig) -> None:
+    _check_shape(array.shape, path, what, model)
+
+
+def _check_shape(shape: tuple[int, ...], path: Path, what: str, model: ModelConfig) -> None:
     h, w = model.image_size
-    if array.shape != (h, w):
-        raise InputError(f"{path}: {what} map is {array.shape[0]}x{array.shape[1]} (HxW) but the model expects "
+    if tuple(shape) != (h, w):
+        raise InputError(f"{path}: {what} map is {shape[0]}x{shape[1]} (HxW) but the model expects "
                         f"{h}x{w} (model.image_size of the checkpoint)")
 
 
@@ -77,7 +87,7 @@ def read_label_inputs(labels: Path, instances: Path | None, model: ModelConfig) 
             raise InputError(f"{p}: a label file may not be called {p.name}: {p.stem}.png/.yaml is an output name")
     maps = []
     for p in paths:
-        label = read_index_png(p, "label")
+        label = read_index_png(p, "label", model)
         _check_size(label, p, "label", model)
         top, low = int(label.max()), int(label.min())
         if top >= model.num_classes or low < 0:
@@ -100,7 +110,7 @@ def read_label_inputs(labels: Path, instances: Path | None, model: ModelConfig) 
                                 "directory of instance maps named like the label files")
         instance_maps = []
         for ip in inst_paths:
-            inst = read_index_png(ip, "instance")
+            inst = read_index_png(ip, "instance", model)
             _check_size(inst, ip, "instance", model)
             instance_maps.append(inst)
     return LabelInputs(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 
 from sdm.config.schema import Config
 from sdm.errors import InputError
+from sdm.suggest import did_you_mean
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -107,15 +109,22 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # PyYAML reads "1e-4" as a string (YAML 1.1); accept it as a number.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        # NaN passes every min/max comparison and inf overflows the samplers: neither is ever a setting
+        # (YAML's .nan/.inf, "nan" from --set, or NaN/Infinity from a command's float flag).
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -125,7 +134,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 def _check(value: Any, meta: typing.Mapping[str, Any], path: str) -> None:
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, meta['choices']))}")
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, meta['choices']))}"
+                          f"{did_you_mean(value, meta['choices'])}")
     if "subset_of" in meta:
         bad = [v for v in value if v not in meta["subset_of"]]
         if bad:
@@ -194,6 +204,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _size_value(value: Any) -> Any:
+    """``--set *.image_size=S`` or ``=HxW`` -> ``[S, S]`` / ``[H, W]`` (as ``--size``); lists pass unchanged."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    if isinstance(value, str) and "x" in value.lower():
+        parts = value.lower().split("x")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            return [int(p) for p in parts]
+    return value
+
+
 def _nest(parts: list[str], value: Any) -> dict[str, Any]:
     out: Any = value
     for p in reversed(parts):
@@ -226,9 +247,18 @@ def resolve(
     if preset:
         raw = _merge(raw, load_preset(preset))
         raw["preset"] = preset
+    sizes_set: dict[str, Any] = {}
     for text in overrides:
         parts, value = parse_override(text)
+        if parts in (["data", "image_size"], ["model", "image_size"]):
+            value = _size_value(value)
+            sizes_set[parts[0]] = value
         raw = _merge(raw, _nest(parts, value))
+    if len(sizes_set) == 1:
+        # The model takes the data's size: one --set moves both, as `sdm data prepare --size` does.
+        (given, value), = sizes_set.items()
+        other = "model" if given == "data" else "data"
+        raw = _merge(raw, {other: {"image_size": value}})
     cfg = _build(Config, raw, "")
     if list(cfg.model.image_size) != list(cfg.data.image_size):
         raise ConfigError(f"model.image_size {cfg.model.image_size} differs from data.image_size "

@@ -11,6 +11,7 @@ from typing import Any
 
 from sdm.config.load import ConfigError, from_dict
 from sdm.config.schema import ModelConfig
+from sdm.suggest import did_you_mean
 
 # Defaults of the official model_and_diffusion_defaults().
 OFFICIAL_DEFAULTS: dict[str, Any] = {
@@ -60,7 +61,9 @@ def model_config_from_official_args(mapping: dict[str, Any]) -> ModelConfig:
     """Build a ``ModelConfig`` from official flags (unknown flags are an error)."""
     unknown = set(mapping) - set(OFFICIAL_DEFAULTS) - _IGNORED
     if unknown:
-        raise ConfigError(f"unknown official flag(s): {', '.join(sorted(unknown))}")
+        known = sorted(set(OFFICIAL_DEFAULTS) | _IGNORED)
+        raise ConfigError("unknown official flag(s): "
+                          + ", ".join(f"{flag}{did_you_mean(flag, known)}" for flag in sorted(unknown)))
     a = {**OFFICIAL_DEFAULTS, **mapping}
     size = int(a["image_size"])
     mult = a["channel_mult"]

@@ -48,11 +48,22 @@ class DataConfig:
     split_seed: int = 0
     on_error: str = _f("fail", choices=("fail", "skip"))
     shard_mb: int = _f(32, min=1)
+    # Largest source image or label map accepted, in pixels (W x H read from the file header before decoding):
+    # 64 Mpx (8192 x 8192) is above every paper dataset (Cityscapes 2 Mpx), 8K frames (33 Mpx) and 50 Mpx
+    # camera photos, and bounds one decode at ~1.7 GB (RGB + int64 label maps); a decompression bomb is refused.
+    max_image_pixels: int = _f(64 * 1024 * 1024, min=1)
     # Training augmentation (official recipe: random resized crop + flip).
     random_flip: bool = True
     random_crop: bool = True
     crop_scale: list[float] = _f(factory=lambda: [0.8, 1.0], length=2)
     loader_workers: int = _f(0, min=0)
+    # Time limits of the DVC commands the pipeline runs, in seconds (0: no limit). Past one, DVC and its
+    # subprocesses are killed and the step fails with a timeout error (retried by the flow like a network
+    # error). dvc_timeout_s: the commands that talk to the remote (push, pull) and `dvc status`;
+    # dvc_repro_timeout_s: `dvc repro`, the dataset's preparation, which talks to no remote and may
+    # legitimately take hours on a large dataset.
+    dvc_timeout_s: float = _f(600.0, min=0.0)
+    dvc_repro_timeout_s: float = _f(0.0, min=0.0)
 
 
 @dataclass
@@ -222,6 +233,24 @@ class PromotionConfig:
 
 
 @dataclass
+class ServingConfig:
+    """Request limits of the registered model (``mlflow models serve``; mlflow/README.md: Request limits).
+
+    Stored in the model version (MLflow ``model_config``) at registration; a request over a limit is
+    answered with HTTP 400 naming it.
+    """
+
+    # Label maps (rows) per request: each is one full sampling run, so this bounds a request's time and memory.
+    max_rows: int = _f(16, min=1)
+    # Sampling steps per request (also never above the model's diffusion.steps).
+    max_steps: int = _f(1000, min=1)
+    # The guidance scale range accepted (the paper samples at 1.5; far above ~10 images saturate).
+    min_guidance_scale: float = _f(0.0, min=0.0)
+    max_guidance_scale: float = _f(10.0, min=0.0)
+    samplers: list[str] = _f(factory=lambda: list(SAMPLER_NAMES), subset_of=SAMPLER_NAMES)
+
+
+@dataclass
 class RegisterConfig:
     """MLflow registration and promotion."""
 
@@ -231,6 +260,7 @@ class RegisterConfig:
     promote: bool = True
     promotion: PromotionConfig = _f(factory=PromotionConfig)
     tracking_uri: str = ""
+    serving: ServingConfig = _f(factory=ServingConfig)
 
 
 @dataclass

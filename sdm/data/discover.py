@@ -1,7 +1,11 @@
 """List a source folder's image/label(/instance) pairs from a format's path templates.
 
 Only file names are looked at here (no decoding): missing pairs, duplicate
-stems, stray labels and unknown part files are reported as ``Problem``s.
+stems, stray labels and unknown part files are reported as ``Problem``s. A
+symbolic link whose target lies outside the source folder is refused
+(``symlink_outside``, a problem about the dataset, not one example, so it
+stops ``prepare`` even with ``--on-error skip``): the prepared data and its
+fingerprint must hold only what the source holds. Links within it are fine.
 """
 
 from __future__ import annotations
@@ -62,12 +66,46 @@ def _compile(template: str, split_dir: str | None, extensions: tuple[str, ...]) 
     return "/".join(literal), re.compile(rf"^{pattern}(?:{ext})$", re.IGNORECASE)
 
 
-def _scan(source: Path, role: Role, split_dir: str | None) -> tuple[bool, list[tuple[str, re.Match[str]]]]:
-    """(whether the role's folder exists, matching files as (relpath, match)) in sorted order."""
+SYMLINK_OUTSIDE = "symlink_outside"
+
+
+def _inside(path: str, real_source: str) -> bool:
+    return path == real_source or path.startswith(real_source.rstrip(os.sep) + os.sep)
+
+
+def _outside_link(source: Path, rel: str, real_source: str) -> Problem | None:
+    """A problem when ``source/rel`` (or a linked folder on its way) resolves outside the source folder."""
+    path = source / rel
+    target = os.path.realpath(path)
+    if _inside(target, real_source):
+        return None
+    # Name the link itself: the file, or the first folder on the way that is one.
+    link = path
+    for parent in reversed(Path(rel).parents):
+        if parent != Path(".") and (source / parent).is_symlink():
+            link = source / parent
+            break
+    what = f"a symbolic link to {os.readlink(link)}" if link.is_symlink() else "a path"
+    return Problem(SYMLINK_OUTSIDE, rel, str(link),
+                   f"{what} (resolves to {os.path.realpath(link)}), outside the source folder {real_source}; "
+                   "copy the data in, or link the whole source folder instead")
+
+
+def _scan(
+    source: Path, role: Role, split_dir: str | None, problems: list[Problem] | None = None,
+) -> tuple[bool, list[tuple[str, re.Match[str]]]]:
+    """(whether the role's folder exists, matching files as (relpath, match)) in sorted order.
+
+    With ``problems``, a matching file that resolves outside the source is reported there and left out.
+    """
     folder, regex = _compile(role.template, split_dir, role.extensions)
     root = source / folder
     if not root.is_dir():
         return False, []
+    real_source = os.path.realpath(source)
+    # A linked role folder (images -> /elsewhere) makes every file in it resolve outside: check each
+    # file only when something on its way may be a link (os.walk does not descend into linked folders).
+    root_outside = not _inside(os.path.realpath(root), real_source)
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -75,8 +113,15 @@ def _scan(source: Path, role: Role, split_dir: str | None) -> tuple[bool, list[t
         for name in sorted(filenames):
             rel = f"{rel_dir}/{name}" if rel_dir != "." else name
             m = regex.match(rel)
-            if m:
-                found.append((rel, m))
+            if not m:
+                continue
+            if root_outside or os.path.islink(os.path.join(dirpath, name)):
+                problem = _outside_link(source, rel, real_source)
+                if problem is not None:
+                    if problems is not None:
+                        problems.append(problem)
+                    continue
+            found.append((rel, m))
     return True, found
 
 
@@ -152,7 +197,7 @@ def discover(fmt: Format, source: str | Path, class_names: list[str]) -> Discove
             _scan(source, fmt.instance, split_dir)[0] for split_dir in splits.values())
     seen: dict[str, str] = {}
     for split, split_dir in splits.items():
-        img_ok, img_files = _scan(source, fmt.image, split_dir)
+        img_ok, img_files = _scan(source, fmt.image, split_dir, result.problems)
         if not img_ok:
             folder, _ = _compile(fmt.image.template, split_dir, fmt.image.extensions)
             result.problems.append(Problem("missing_directory", "", str(source / folder),
@@ -163,16 +208,16 @@ def discover(fmt: Format, source: str | Path, class_names: list[str]) -> Discove
         labels: dict[str, str] = {}
         parts: dict[str, tuple[tuple[int, str], ...]] = {}
         if fmt.label_parts is not None:
-            _, part_files = _scan(source, fmt.label_parts, split_dir)
+            _, part_files = _scan(source, fmt.label_parts, split_dir, result.problems)
             parts = _parts_by_key(part_files, fmt, class_names, source, result.problems, dups)
         elif fmt.label is not None:
-            _, label_files = _scan(source, fmt.label, split_dir)
+            _, label_files = _scan(source, fmt.label, split_dir, result.problems)
             labels = _by_key(label_files, fmt.key, "label", source, result.problems, dups)
         instances: dict[str, str] = {}
         use_instances = result.has_instances
         if use_instances:
             assert fmt.instance is not None
-            _, inst_files = _scan(source, fmt.instance, split_dir)
+            _, inst_files = _scan(source, fmt.instance, split_dir, result.problems)
             instances = _by_key(inst_files, fmt.key, "instance", source, result.problems, dups)
         label_keys = set(parts) if fmt.label_parts is not None else set(labels)
         for key in sorted(label_keys - set(images) - dups):

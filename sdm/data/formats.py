@@ -22,6 +22,7 @@ from typing import Any
 
 from sdm.data.palette import distinct_palette
 from sdm.errors import InputError
+from sdm.suggest import did_you_mean
 
 CLASSES_DIR = Path(__file__).parent / "classes"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -127,7 +128,8 @@ def get_format(name: str) -> Format:
     try:
         return FORMATS[name]
     except KeyError:
-        raise FormatError(f"unknown data format {name!r}; known formats: {', '.join(FORMATS)}") from None
+        raise FormatError(f"unknown data format {name!r}{did_you_mean(name, FORMATS)}; "
+                          f"known formats: {', '.join(FORMATS)}") from None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ call ``set_epoch(e)`` before each epoch (workers must be re-created per epoch,
 the default, for it to reach them).
 
 The rank's rows (PNG bytes) are read into memory once; with forked
-DataLoader workers that memory is shared.
+DataLoader workers that memory is shared. Every shard is first checked
+against the size and sha256 that manifest.json lists for it (once per
+process), so a flipped byte is an error naming the shard, never silently
+different training data.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sdm.data.manifest import ManifestError, read_manifest
-from sdm.data.shards import decode_png, read_rows
+from sdm.data.manifest import read_manifest
+from sdm.data.shards import decode_png, read_rows, verify_shards
 from sdm.data.transforms import train_augment
 from sdm.errors import InputError
 
@@ -60,11 +63,8 @@ class PreparedDataset(Dataset):
         self.shuffle = augment if shuffle is None else shuffle
         self.has_instances = self.manifest.has_instances
         self.image_size = tuple(self.manifest.image_size)
+        verify_shards(self.prepared_dir, self.manifest, split)
         paths = [self.prepared_dir / f for f in self.manifest.shard_files(split)]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise ManifestError(f"{self.prepared_dir}: shard(s) listed in manifest.json are missing: "
-                                f"{', '.join(missing)}; run `dvc pull` / `dvc checkout` or prepare again")
         columns = ["id", "image", "label"] + (["instance"] if self.has_instances else [])
         table = read_rows(paths, columns)
         self._ids: list[str] = table.column("id").to_pylist()

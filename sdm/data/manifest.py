@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 from sdm.errors import InputError
 
 MANIFEST = "manifest.json"
@@ -52,6 +53,10 @@ class Manifest:
     def shard_files(self, split: str) -> list[str]:
         return [s["file"] for s in self.shards if s["split"] == split]
 
+    def shard_entries(self, split: str) -> list[dict[str, Any]]:
+        """The split's shard records ``{file, split, rows, bytes, sha256}``, in manifest order."""
+        return [s for s in self.shards if s["split"] == split]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -71,10 +76,35 @@ def write_manifest(manifest: Manifest, out_dir: str | Path) -> Path:
 
 
 def _how_to_make(prepared_dir: Path) -> str:
-    return (
-        f"make it with `sdm data prepare --out {prepared_dir}` (or `dvc repro prepare` for the configured "
-        f"dataset), or fetch a versioned copy with `dvc pull`"
-    )
+    """The way to a prepared dataset at ``prepared_dir``, by a command that overwrites nothing else.
+
+    Never ``--out`` a raw dataset (a source) or a folder of another dataset: a preset's folder gets
+    that preset's command, a raw folder gets a prepare into a folder of its own.
+    """
+    from sdm.config import available_presets, resolve
+
+    here = prepared_dir.resolve()
+    for name in available_presets():
+        data = resolve(preset=name, params=None).data
+        if Path(data.prepared).resolve() == here:
+            make = f"`sdm data prepare --preset {name}`"
+            if not Path(data.source).is_dir():
+                make = (f"`sdm data synth --preset {name}` then {make}" if data.format == "folder" and name == "toy"
+                        else f"{make} once the {name} download is in {data.source} (data/README.md)")
+            return f"make it with {make}, or fetch a versioned copy with `dvc pull`"
+        if Path(data.source).resolve() == here:
+            return (f"{prepared_dir} is the raw {name} dataset (data.source), not a prepared one: pass its prepared "
+                    f"form {data.prepared}, made by `sdm data prepare --preset {name}`")
+    if prepared_dir.is_dir() and not (prepared_dir / MANIFEST).exists() and any(prepared_dir.iterdir()):
+        out = prepared_dir.parent / f"{prepared_dir.name}-prepared"
+        if (prepared_dir / "labels").is_dir() and (prepared_dir / "images").is_dir():
+            return (f"{prepared_dir} looks like a raw dataset (images/, labels/), not a prepared one: prepare it "
+                    f"into a folder of its own, `sdm data prepare --format folder --source {prepared_dir} "
+                    f"--out {out}`, and pass that")
+        return (f"{prepared_dir} holds other files, not a prepared dataset: pass the folder sdm data prepare made "
+                f"(its --out, data.prepared in params.yaml)")
+    return (f"make it with `sdm data prepare --out {prepared_dir}` (or `dvc repro prepare` for the configured "
+            f"dataset), or fetch a versioned copy with `dvc pull`")
 
 
 def read_manifest(prepared_dir: str | Path) -> Manifest:

@@ -4,7 +4,7 @@ Order of work: list the files (pairing problems), then decode/check/resize
 every example on all cores (pixel problems), then write. With
 ``on_error="fail"`` any problem stops it and nothing is left at ``out``; with
 ``"skip"`` bad examples are left out and listed in the manifest. Output goes
-to a temp folder beside ``out`` that is renamed into place at the end.
+to a temp folder beside ``out`` that is swapped into place at the end (``sdm.atomic``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import shutil
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -23,16 +22,18 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from sdm.atomic import replace_dir
+from sdm.atomic import atomic_dir
 from sdm.data.discover import ALL, Item, discover
 from sdm.data.formats import Format, get_format, load_classes
 from sdm.data.manifest import Manifest, write_manifest
 from sdm.data.problems import ITEM_KINDS, DataProblemsError, Problem, require_source
-from sdm.data.readers import ItemProblem, load_item
+from sdm.data.readers import DEFAULT_MAX_IMAGE_PIXELS, ItemProblem, load_item
 from sdm.data.shards import ShardWriter, compact_ids, encode_png
 from sdm.data.split import assign_splits
 from sdm.data.transforms import resize_pair
 from sdm.errors import InputError
+from sdm.locks import lock_target
+from sdm.output_folders import PREPARED, check_output_dir
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -59,7 +60,8 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
 
 
 def _process(
-    item: Item, fmt: Format, source: Path, num_classes: int, size: tuple[int, int], check_only: threading.Event
+    item: Item, fmt: Format, source: Path, num_classes: int, size: tuple[int, int], check_only: threading.Event,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Any:
     """One example -> (row, class pixel counts, digests), or the Problem that stops it.
 
@@ -67,7 +69,7 @@ def _process(
     examples are only checked, not resized and encoded.
     """
     try:
-        loaded = load_item(item, fmt, source, num_classes)
+        loaded = load_item(item, fmt, source, num_classes, max_pixels=max_pixels)
     except ItemProblem as e:
         return e.problem
     if check_only.is_set():
@@ -103,12 +105,16 @@ def prepare(
     workers: int | None = None,
     progress: bool = False,
     extra_files: dict[str, str] | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    overwrite: bool = False,
 ) -> Manifest:
     """Prepare ``source`` (in format ``format_name``) into ``out`` at ``image_size`` = [H, W].
 
     Raises ``DataProblemsError`` (nothing written) when there are problems and
     ``on_error == "fail"``, or when a problem is not about a single example.
     ``extra_files`` (name -> text) are written into the output (the resolved config).
+    An existing ``out`` is replaced only when sdm prepared it (or it is empty) unless ``overwrite``, never
+    when it is or holds ``source`` (``sdm.output_folders``); one writer at a time (``sdm.locks``).
     """
     if on_error not in ("fail", "skip"):
         raise InputError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
@@ -116,6 +122,17 @@ def prepare(
     source, out = Path(source), Path(out)
     size = (int(image_size[0]), int(image_size[1]))
     require_source(source)
+    with lock_target(out, f"prepared data output {out}"):
+        # Refused outputs fail before any work; the check runs again just before the swap.
+        check_output_dir(out, PREPARED, overwrite=overwrite, sources=[source])
+        return _prepare(fmt, source, out, size, val_fraction=val_fraction, split_seed=split_seed,
+                        on_error=on_error, shard_mb=shard_mb, workers=workers, progress=progress,
+                        extra_files=extra_files, max_image_pixels=max_image_pixels, overwrite=overwrite)
+
+
+def _prepare(fmt: Format, source: Path, out: Path, size: tuple[int, int], *, val_fraction: float, split_seed: int,
+             on_error: str, shard_mb: int, workers: int | None, progress: bool, extra_files: dict[str, str] | None,
+             max_image_pixels: int, overwrite: bool) -> Manifest:
     classes = load_classes(fmt, source)
     found = discover(fmt, source, classes.names)
     fatal = [p for p in found.problems if p.kind not in ITEM_KINDS]
@@ -140,11 +157,8 @@ def prepare(
 
     workers = workers or os.cpu_count() or 1
     problems = list(found.problems)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    # No stamp in the marker: the folder is DVC-versioned by content, so equal inputs must give equal bytes.
+    with atomic_dir(out, kind=PREPARED, overwrite=overwrite, sources=[source], source=source, stamp=False) as tmp:
         writers = {s: ShardWriter(tmp, s, found.has_instances, shard_mb=shard_mb) for s in splits}
         pixel_counts = {s: np.zeros(classes.num_classes, np.int64) for s in splits}
         counts = dict.fromkeys(splits, 0)
@@ -152,8 +166,8 @@ def prepare(
         check_only = threading.Event()
         if problems and on_error == "fail":
             check_only.set()
-        results = ordered_map(lambda it: _process(it, fmt, source, classes.num_classes, size, check_only),
-                              items, workers)
+        results = ordered_map(lambda it: _process(it, fmt, source, classes.num_classes, size, check_only,
+                                                  max_image_pixels), items, workers)
         for result in tqdm(results, total=len(items), desc=f"prepare {fmt.name}", unit="img", disable=not progress):
             if isinstance(result, Problem):
                 problems.append(result)
@@ -169,6 +183,10 @@ def prepare(
             digests.update(dig)
         if problems and on_error == "fail":
             raise DataProblemsError(str(source), problems, hint=hint)
+        if not sum(counts.values()):
+            # --on-error skip left nothing: an empty dataset is no result (exit 2), not a success.
+            raise DataProblemsError(str(source), problems, hint=f"every one of the {len(items)} example(s) is bad: "
+                                    "nothing was written (--on-error skip leaves bad examples out, here all of them)")
         shards = [vars(s) for split in splits for s in writers[split].close()]
         manifest = Manifest(
             format=fmt.name,
@@ -190,8 +208,4 @@ def prepare(
         write_manifest(manifest, tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

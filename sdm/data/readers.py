@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from sdm.config.schema import DataConfig
 from sdm.data.discover import Item
 from sdm.data.formats import Format
 from sdm.data.problems import Problem
@@ -36,14 +38,70 @@ class LoadedItem:
     digests: dict[str, str]
 
 
-def _open(path: Path, rel: str, kind: str, item_id: str, digests: dict[str, str]) -> Image.Image:
+# The only decoders a source file is opened with, by its extension (discovery matched the extension
+# already): a file is decoded by the format its name declares, never by whichever of PIL's ~40 plugins
+# recognises its bytes.
+PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+# Magic numbers, only to name what a refused file really is.
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "RIFF/WebP"))
+DEFAULT_MAX_IMAGE_PIXELS: int = DataConfig().max_image_pixels
+
+
+def _sniff(data: bytes) -> str | None:
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def _mpx(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} Mpx"
+
+
+def _too_large(size: str, pixels: int, max_pixels: int) -> str:
+    return (f"the header says {size} = {_mpx(pixels)}, above data.max_image_pixels = {max_pixels} "
+            f"({_mpx(max_pixels)}); refused before decoding (raise data.max_image_pixels to accept it)")
+
+
+def open_checked(data: bytes, path: Path, max_pixels: int) -> Image.Image:
+    """Decode ``data`` (the bytes of ``path``) with the decoder its extension names, within ``max_pixels``.
+
+    The size comes from the header (``Image.open`` is lazy) and is checked before any pixel is decoded, so
+    a small file claiming a huge image (a decompression bomb) costs nothing. Raises ``ValueError`` with
+    the reason (wrong format for the extension, too many pixels, undecodable).
+    """
+    want = PIL_FORMATS.get(path.suffix.lower())
+    if want is None:
+        raise ValueError(f"extension {path.suffix!r} is not an image format sdm reads ({', '.join(PIL_FORMATS)})")
+    try:
+        im = Image.open(io.BytesIO(data), formats=[want])
+    except Image.DecompressionBombError as e:  # over PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS)
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        if m and int(m.group(1)) > max_pixels:
+            raise ValueError(_too_large(f"{m.group(1)} px", int(m.group(1)), max_pixels)) from None
+        raise ValueError(f"too large to decode: {e}") from None
+    except Exception as e:  # UnidentifiedImageError, or a plugin's SyntaxError / OSError on a bad header
+        actual = _sniff(data)
+        if actual not in (want, None):
+            raise ValueError(f"cannot decode: the file is {actual}, not {want} as its extension {path.suffix!r} "
+                             "says; only files whose content matches their extension are read") from None
+        raise ValueError(f"cannot decode: {e}") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ValueError(_too_large(f"{w}x{h}", w * h, max_pixels))
+    try:
+        im.load()  # decodes everything: truncated files fail here
+    except Exception as e:  # OSError "image file is truncated", a decoder's ValueError, ...
+        raise ValueError(f"cannot decode: {e}") from None
+    return im
+
+
+def _open(path: Path, rel: str, kind: str, item_id: str, digests: dict[str, str], max_pixels: int) -> Image.Image:
     try:
         data = path.read_bytes()
         digests[rel] = hashlib.sha256(data).hexdigest()
-        im = Image.open(io.BytesIO(data))
-        im.load()  # decodes everything: truncated files fail here
-        return im
-    except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError...)
+        return open_checked(data, path, max_pixels)
+    except ValueError as e:
+        raise ItemProblem(Problem(kind, item_id, str(path), str(e))) from None
+    except Exception as e:  # OSError on reading, or a decoder's error on truncated / corrupt pixel data
         raise ItemProblem(Problem(kind, item_id, str(path), f"cannot decode: {e}")) from None
 
 
@@ -88,8 +146,8 @@ def merge_parts(masks: list[tuple[int, np.ndarray]], shape: tuple[int, int]) -> 
     return label
 
 
-def _read_part(path: Path, rel: str, item_id: str, digests: dict[str, str]) -> np.ndarray:
-    im = _open(path, rel, "unreadable_label", item_id, digests)
+def _read_part(path: Path, rel: str, item_id: str, digests: dict[str, str], max_pixels: int) -> np.ndarray:
+    im = _open(path, rel, "unreadable_label", item_id, digests, max_pixels)
     arr = np.asarray(im)
     # Part masks are binary; some releases store them as RGB: any non-zero channel is the part.
     return arr.any(axis=-1) if arr.ndim == 3 else arr != 0
@@ -99,11 +157,15 @@ def _same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] * b[1] == a[1] * b[0]
 
 
-def load_item(item: Item, fmt: Format, source: Path, num_classes: int) -> LoadedItem:
-    """Decode and check one example. Raises ``ItemProblem`` (the first problem found)."""
+def load_item(item: Item, fmt: Format, source: Path, num_classes: int, *,
+              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> LoadedItem:
+    """Decode and check one example. Raises ``ItemProblem`` (the first problem found).
+
+    ``max_pixels`` (``data.max_image_pixels``) bounds every file's W x H, checked from its header.
+    """
     digests: dict[str, str] = {}
     image_path = source / item.image
-    im = _open(image_path, item.image, "unreadable_image", item.id, digests)
+    im = _open(image_path, item.image, "unreadable_image", item.id, digests, max_pixels)
     image = np.asarray(im.convert("RGB"))
     h, w = image.shape[:2]
 
@@ -111,7 +173,7 @@ def load_item(item: Item, fmt: Format, source: Path, num_classes: int) -> Loaded
         masks = []
         shape = None
         for index, rel in item.parts:
-            mask = _read_part(source / rel, rel, item.id, digests)
+            mask = _read_part(source / rel, rel, item.id, digests, max_pixels)
             if shape is None:
                 shape = mask.shape
             elif mask.shape != shape:
@@ -125,7 +187,7 @@ def load_item(item: Item, fmt: Format, source: Path, num_classes: int) -> Loaded
     else:
         assert item.label is not None
         label_path = source / item.label
-        raw = _index_map(_open(label_path, item.label, "unreadable_label", item.id, digests),
+        raw = _index_map(_open(label_path, item.label, "unreadable_label", item.id, digests, max_pixels),
                          label_path, "multichannel_label", item.id)
 
     lh, lw = raw.shape
@@ -142,7 +204,8 @@ def load_item(item: Item, fmt: Format, source: Path, num_classes: int) -> Loaded
     instance = None
     if item.instance is not None:
         inst_path = source / item.instance
-        instance = _index_map(_open(inst_path, item.instance, "unreadable_instance", item.id, digests),
+        instance = _index_map(_open(inst_path, item.instance, "unreadable_instance", item.id, digests,
+                                    max_pixels),
                               inst_path, "multichannel_instance", item.id)
         if instance.shape != raw.shape:
             raise ItemProblem(Problem("size_mismatch", item.id, str(inst_path),

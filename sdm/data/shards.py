@@ -11,6 +11,8 @@ makes the bytes deterministic, so the same inputs give the same shard hashes.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdm.data.manifest import MANIFEST, Manifest, ManifestError
 from sdm.errors import InputError
 
 PNG_LEVEL = 1  # zlib level: within ~3% of level 3's size on 256 px photos, in ~60% of the time
@@ -84,6 +87,55 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class ShardChecksumError(InputError):
+    """A prepared shard's bytes differ from the sha256 manifest.json lists for it (corrupt or replaced)."""
+
+
+# Shards verified by this process, keyed by (real path, size, mtime_ns, sha256): each is hashed once per
+# process however many datasets open it (train and val loaders, evaluation), and again if the file changes.
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+_VERIFIED_LOCK = threading.Lock()
+
+
+def verify_shard(path: Path, sha256: str, size: int | None = None) -> None:
+    """Check ``path`` against its manifest entry (``bytes``, ``sha256``); raise ``ShardChecksumError`` naming it.
+
+    The size is compared first (free); the hash reads the whole file (~1 GB/s), once per process.
+    """
+    st = path.stat()
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, sha256)
+    with _VERIFIED_LOCK:
+        if key in _VERIFIED:
+            return
+    fix = "the file is corrupt or was replaced: run `dvc checkout` / `dvc pull` or `sdm data prepare` again"
+    if size is not None and st.st_size != size:
+        raise ShardChecksumError(f"{path}: {st.st_size} bytes, but manifest.json lists {size}; {fix}")
+    actual = _sha256(path)
+    if actual != sha256:
+        raise ShardChecksumError(f"{path}: sha256 {actual} differs from manifest.json's {sha256}; {fix}")
+    with _VERIFIED_LOCK:
+        _VERIFIED.add(key)
+
+
+def verify_shards(prepared_dir: str | Path, manifest: Manifest, split: str | None = None) -> None:
+    """Check every shard of ``split`` (all splits when None) against manifest.json's size and sha256.
+
+    Raises ``ManifestError`` for a missing shard or checksum, ``ShardChecksumError`` (naming the shard, the
+    expected and the actual hash) for a changed one. Each shard is hashed once per process.
+    """
+    prepared_dir = Path(prepared_dir)
+    entries = manifest.shards if split is None else manifest.shard_entries(split)
+    missing = [str(prepared_dir / e["file"]) for e in entries if not (prepared_dir / e["file"]).is_file()]
+    if missing:
+        raise ManifestError(f"{prepared_dir}: shard(s) listed in manifest.json are missing: "
+                            f"{', '.join(missing)}; run `dvc pull` / `dvc checkout` or prepare again")
+    for entry in entries:
+        if not isinstance(entry.get("sha256"), str):
+            raise ManifestError(f"{prepared_dir / MANIFEST}: shard {entry.get('file')!r} has no sha256; "
+                                "prepare the data again")
+        verify_shard(prepared_dir / entry["file"], entry["sha256"], entry.get("bytes"))
 
 
 class ShardWriter:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import cv2
@@ -221,34 +220,39 @@ def render(label: np.ndarray, instance: np.ndarray, rng: np.random.Generator) ->
 
 
 def synthesize(
-    out: str | Path, n: int, size: int, seed: int, *, workers: int | None = None, progress: bool = False
+    out: str | Path, n: int, size: int, seed: int, *, workers: int | None = None, progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``n`` scenes of ``size`` px in the folder format to ``out`` (atomically); returns ``out``.
 
-    Layout: images/scene_00000.png, labels/..., instances/... (8- or 16-bit ids), classes.json.
+    Layout: images/scene_00000.png, labels/..., instances/... (8- or 16-bit ids), classes.json,
+    .sdm-output.json. An existing ``out`` is replaced only when sdm wrote synthetic scenes there (or it is
+    empty) unless ``overwrite`` (``sdm.output_folders``); one writer at a time (``sdm.locks``).
     """
+    from sdm.atomic import atomic_dir
     from sdm.data.prepare import ordered_map
     from sdm.data.shards import encode_png
+    from sdm.locks import lock_target
+    from sdm.output_folders import SYNTHETIC
 
     if n < 1 or size < 16:
         raise ValueError(f"need n >= 1 and size >= 16, got n={n}, size={size}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("images", "labels", "instances"):
-        (tmp / sub).mkdir(parents=True)
+    # No stamp in the marker: the folder is DVC-versioned by content, so equal inputs must give equal bytes.
+    with lock_target(out, f"synthetic scenes output {out}"), \
+            atomic_dir(out, kind=SYNTHETIC, overwrite=overwrite, stamp=False) as tmp:
+        for sub in ("images", "labels", "instances"):
+            (tmp / sub).mkdir()
 
-    def one(i: int) -> None:
-        rng = np.random.default_rng([seed, i])
-        label, instance = make_scene(rng, size)
-        image = render(label, instance, rng)
-        name = f"scene_{i:05d}.png"
-        (tmp / "images" / name).write_bytes(encode_png(image))
-        (tmp / "labels" / name).write_bytes(encode_png(label))
-        (tmp / "instances" / name).write_bytes(encode_png(instance.astype(np.uint16)))
+        def one(i: int) -> None:
+            rng = np.random.default_rng([seed, i])
+            label, instance = make_scene(rng, size)
+            image = render(label, instance, rng)
+            name = f"scene_{i:05d}.png"
+            (tmp / "images" / name).write_bytes(encode_png(image))
+            (tmp / "labels" / name).write_bytes(encode_png(label))
+            (tmp / "instances" / name).write_bytes(encode_png(instance.astype(np.uint16)))
 
-    try:
         for _ in tqdm(ordered_map(one, range(n), workers or os.cpu_count() or 1), total=n,
                       desc="synth", unit="img", disable=not progress):
             pass
@@ -256,12 +260,4 @@ def synthesize(
             "names": CLASS_NAMES, "palette": PALETTE, "instance_classes": INSTANCE_CLASSES,
             "generator": {"name": "sdm synthetic scenes", "n": n, "size": size, "seed": seed},
         }, indent=1) + "\n")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

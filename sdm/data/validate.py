@@ -18,7 +18,7 @@ from sdm.data.discover import discover
 from sdm.data.formats import get_format, load_classes
 from sdm.data.prepare import ordered_map
 from sdm.data.problems import Problem, format_report, require_source
-from sdm.data.readers import ItemProblem, load_item
+from sdm.data.readers import DEFAULT_MAX_IMAGE_PIXELS, ItemProblem, load_item
 
 
 @dataclass
@@ -41,17 +41,20 @@ class ValidationReport:
 
 
 def _check(args: tuple) -> Problem | None:
-    item, fmt, source, num_classes = args
+    item, fmt, source, num_classes, max_pixels = args
     try:
-        load_item(item, fmt, source, num_classes)
+        load_item(item, fmt, source, num_classes, max_pixels=max_pixels)
     except ItemProblem as e:
         return e.problem
     return None
 
 
 def validate(format_name: str, source: str | Path, *, workers: int | None = None,
-             progress: bool = False) -> ValidationReport:
-    """Every problem in ``source`` (format ``format_name``); raises only for an unknown format / class list."""
+             progress: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ValidationReport:
+    """Every problem in ``source`` (format ``format_name``); raises only for an unknown format / class list.
+
+    ``max_image_pixels``: ``data.max_image_pixels``, the largest W x H of any file (from its header).
+    """
     fmt = get_format(format_name)
     source = Path(source)
     require_source(source)
@@ -61,7 +64,7 @@ def validate(format_name: str, source: str | Path, *, workers: int | None = None
     for item in found.items:
         counts[item.split] = counts.get(item.split, 0) + 1
     problems = list(found.problems)
-    jobs = [(item, fmt, source, classes.num_classes) for item in found.items]
+    jobs = [(item, fmt, source, classes.num_classes, max_image_pixels) for item in found.items]
     results = ordered_map(_check, jobs, workers or os.cpu_count() or 1)
     problems += [p for p in tqdm(results, total=len(jobs), desc="validate", unit="img", disable=not progress) if p]
     return ValidationReport(source=str(source), format=fmt.name, num_classes=classes.num_classes,

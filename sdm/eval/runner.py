@@ -1,6 +1,6 @@
 """``sdm evaluate``: sample a split with classifier-free guidance and score it.
 
-Writes into ``out`` (built in a temporary sibling directory, renamed into place):
+Writes into ``out`` (built in a temporary sibling directory, swapped into place by ``sdm.atomic``):
 
 - ``metrics.json``: flat numeric keys (``miou@1.5``, ``fsd@1.5``,
   ``feature_diversity@1.5``, ``fid@1.5``, ``kid@1.5``, ``kid_std@1.5``,
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdm.atomic import replace_dir
+from sdm.atomic import atomic_dir
 from sdm.config import Config, write_resolved
 from sdm.eval import report
 from sdm.eval.checks import EvaluationInputError, check_compatible, check_split
@@ -46,6 +44,7 @@ from sdm.eval.fid import (
 from sdm.eval.miou import confusion_matrix, mean_iou, per_class_iou
 from sdm.eval.scoring import KidSettings, RealReference, inception_scores, lpips_skip_reason, score_samples
 from sdm.eval.sweep import format_scale, pair_name, parse_pairs
+from sdm.output_folders import EVALUATION, check_output_dir
 
 
 @dataclass
@@ -55,6 +54,8 @@ class EvalRequest:
     ``segmenter``: a segmenter directory or TorchScript file ("" = the config's
     ``evaluate.segmenter.path``, else the cached one for the data, trained when
     missing). ``steps_sweep``: also run the ``evaluate.steps_sweep`` pairs.
+    ``overwrite``: replace ``out`` even when it is not an evaluation sdm wrote
+    (never the checkpoint's run folder or an input; ``sdm.output_folders``).
     """
 
     checkpoint: Path
@@ -65,6 +66,7 @@ class EvalRequest:
     use_ema: bool = True
     log_mlflow: bool = True
     device: str = "cpu"
+    overwrite: bool = False
 
 
 def primary_scale(config: Config) -> float:
@@ -113,6 +115,8 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     from sdm.eval.segmenter_train import load_split_arrays
     from sdm.model import load_checkpoint, read_checkpoint_meta
 
+    # A refused --out fails before any sampling; atomic_dir checks again just before the swap.
+    check_output_dir(req.out, EVALUATION, overwrite=req.overwrite, sources=_inputs(req))
     ev = config.evaluate
     scales = list(ev.guidance_scales)
     if not scales:
@@ -159,9 +163,8 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     guidance_rows: list[dict[str, Any]] = []
     sweep_rows: list[dict[str, Any]] = []
     final = Path(req.out)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with atomic_dir(final, kind=EVALUATION, overwrite=req.overwrite, sources=_inputs(req),
+                    source=Path(req.checkpoint).resolve(), marker={"data": str(Path(req.data).resolve())}) as tmp:
         results: dict[tuple[float, str, int], tuple[dict, dict, np.ndarray, float]] = {}
 
         def run(scale: float, sampler: str, steps: int, tag: str) -> tuple[dict, dict, np.ndarray, float]:
@@ -215,14 +218,17 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
         }
         (tmp / "metrics.json").write_text(json.dumps(metrics_doc, indent=2) + "\n")
         write_resolved(config, tmp)
-        info["mlflow"] = _maybe_log_mlflow(req, meta, metrics, tmp, config, log)
+        info["mlflow"] = _mlflow_status(req, meta)  # logged below, once the folder is in place
         (tmp / "evaluation.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"wrote {final}/metrics.json (primary metric {primary} = {metrics.get(primary, 'skipped')})")
+    # After the folder is in place: an MLflow outage then costs the logging, never the output.
+    _maybe_log_mlflow(req, meta, metrics, final, config, log)
     return metrics_doc
+
+
+def _inputs(req: EvalRequest) -> list[Path]:
+    """What the output folder must never replace: the checkpoint, the data, a segmenter given by path."""
+    return [Path(p) for p in (req.checkpoint, req.data, req.segmenter) if p]
 
 
 def _weights_used(req: EvalRequest) -> str:
@@ -294,23 +300,28 @@ def _write_tables(out: Path, manifest: Any, real_conf: np.ndarray, per_class: di
                            f"Steps sweep at guidance {format_scale(g0)}")
 
 
-def _maybe_log_mlflow(req: EvalRequest, meta: dict, metrics: dict, out: Path, config: Config,
-                      log: Callable[[str], None]) -> dict[str, Any]:
+def _mlflow_status(req: EvalRequest, meta: dict) -> dict[str, Any]:
+    """evaluation.json's ``mlflow`` before logging: why it is not logged, or pending."""
+    from sdm.eval.mlflow_log import PENDING
+
     run_id = meta.get("mlflow_run_id")
     if not req.log_mlflow:
         return {"logged": False, "reason": "--no-mlflow"}
     if not run_id:
         return {"logged": False, "reason": "the checkpoint's meta.json has no mlflow_run_id"}
-    from sdm.eval.mlflow_log import log_to_run
+    return {"logged": False, "run_id": run_id, "reason": PENDING}
 
+
+def _maybe_log_mlflow(req: EvalRequest, meta: dict, metrics: dict, out: Path, config: Config,
+                      log: Callable[[str], None]) -> dict[str, Any]:
+    """Log the written folder ``out`` (see ``sdm.eval.mlflow_log.log_evaluation``; it raises, keeping ``out``)."""
+    from sdm.eval.mlflow_log import PENDING, log_evaluation
+
+    status = _mlflow_status(req, meta)
+    if status["reason"] != PENDING:
+        return status
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    try:
-        uri = log_to_run(str(run_id), numeric, out, config)
-    except LookupError as e:
-        log(f"warning: not logged to MLflow: {e}")
-        return {"logged": False, "run_id": run_id, "reason": str(e)}
-    log(f"logged to MLflow run {run_id} ({uri})")
-    return {"logged": True, "run_id": run_id, "tracking_uri": uri}
+    return log_evaluation(str(status["run_id"]), numeric, out, config, log)
 
 
 def default_device() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sdm.config.schema import SAMPLER_NAMES as SAMPLERS
 from sdm.errors import InputError
+from sdm.suggest import did_you_mean
 
 
 class SweepSpecError(InputError):
@@ -38,8 +39,10 @@ def parse_pair(text: str) -> tuple[str, int]:
     """'dpmpp:25' -> ('dpmpp', 25)."""
     sampler, sep, steps = text.strip().partition(":")
     if not sep or sampler not in SAMPLERS or not steps.strip().isdigit() or int(steps) < 1:
+        hint = did_you_mean(sampler, SAMPLERS) if sep and sampler not in SAMPLERS else ""
         raise SweepSpecError(
-            f"steps-sweep entry {text!r} is not sampler:steps with sampler in {', '.join(SAMPLERS)} and steps >= 1 "
+            f"steps-sweep entry {text!r}{hint} is not sampler:steps with sampler in {', '.join(SAMPLERS)} "
+            "and steps >= 1 "
             "(e.g. ddpm:1000,ddim:50,dpmpp:25)"
         )
     return sampler, int(steps)

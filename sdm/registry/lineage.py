@@ -42,6 +42,30 @@ def git_dirty(cwd: str | Path | None = None) -> str:
     return "true" if out else "false"
 
 
+# The version tag keying a registered version by its weights: registering the same checkpoint again (a
+# retry, a rerun) finds and completes that version instead of making another.
+CHECKPOINT_SHA256_TAG = "sdm.checkpoint_sha256"
+# The weights files a checkpoint is known by: the EMA weights (what sampling and the pyfunc use), else the raw.
+_WEIGHTS_FILES = ("ema.safetensors", "model.safetensors")
+
+
+def checkpoint_sha256(checkpoint_dir: str | Path) -> str:
+    """sha256 (hex) of the checkpoint's EMA weights file (``ema.safetensors``; ``model.safetensors`` without one).
+
+    Raises FileNotFoundError naming the folder when it has neither.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    for name in _WEIGHTS_FILES:
+        path = checkpoint_dir / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            return digest.hexdigest()
+    raise FileNotFoundError(f"{checkpoint_dir}: no {' or '.join(_WEIGHTS_FILES)} to identify the checkpoint by")
+
+
 def params_hash(config: dict[str, Any]) -> str:
     """sha256 of the resolved config as canonical JSON (sorted keys, no spaces)."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)

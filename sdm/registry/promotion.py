@@ -15,6 +15,7 @@ its own registration (``metrics.*``); ``promotion.basis`` says which it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -81,6 +82,29 @@ class ChampionFigures:
         return cls(version=str(version.version), values=values, basis=RECORDED,
                    data_version=(version.tags or {}).get("lineage.data_version"))
 
+    @classmethod
+    def recorded_on(cls, tags: dict[str, str], champion: ModelVersion | None) -> ChampionFigures | None:
+        """The champion's figures a registration recorded on its version (``promotion.*``, ``champion.*`` tags).
+
+        On equal terms they are the ``champion.metrics.*`` tags; otherwise the champion's own
+        ``metrics.*`` tags (``champion``: that version, None when it is gone). None without a champion.
+        """
+        version = tags.get("promotion.champion_version", "none")
+        if version == "none":
+            return None
+        if tags.get("promotion.basis") == EQUAL_TERMS:
+            prefix = "champion."
+            values = {}
+            for tag, raw in tags.items():
+                if tag.startswith(prefix + "metrics."):
+                    with contextlib.suppress(ValueError):
+                        values[tag.removeprefix(prefix)] = float(raw)
+            return cls(version=version, values=values, basis=EQUAL_TERMS,
+                       data_version=tags.get("champion.data_version"), unusable=tags.get("champion.unusable"))
+        if champion is None:
+            return cls(version=version, values={}, basis=tags.get("promotion.basis", RECORDED))
+        return cls.from_version(champion)
+
     def get(self, key: str) -> float | None:
         """The figure for ``key`` (``fsd@1.5``), looked up by key or, for recorded tags, by tag name."""
         value = self.values.get(key, self.values.get(metric_tag(key)))
@@ -127,10 +151,29 @@ class PromotionDecision:
     guards: list[GuardCheck] = field(default_factory=list)
     basis: str = NO_CHAMPION
 
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> PromotionDecision:
+        """The decision recorded on a version by :meth:`tags` (how a resumed registration keeps its decision)."""
+
+        def number(key: str) -> float | None:
+            raw = tags.get(key, "none")
+            return None if raw == "none" else float(raw)
+
+        guards = [GuardCheck(key, g["limit"], None, None, g["worsening"])
+                  for key, g in json.loads(tags.get("promotion.guards") or "{}").items()]
+        champion = tags.get("promotion.champion_version", "none")
+        return cls(decision=tags["promotion.decision"], metric=tags["promotion.metric"],
+                   value=float(tags["promotion.value"]), champion_version=None if champion == "none" else champion,
+                   champion_value=number("promotion.champion_value"), reason=tags.get("promotion.reason", ""),
+                   improvement=number("promotion.improvement"),
+                   min_improvement=number("promotion.min_improvement") or 0.0, guards=guards,
+                   basis=tags.get("promotion.basis", NO_CHAMPION))
+
     def tags(self) -> dict[str, str]:
+        """The ``promotion.*`` version tags; ``promotion.decision`` is the last key (it is written last: its
+        presence on a version means the whole decision was recorded)."""
         guards = {g.key: {"limit": g.limit, "worsening": g.worsening, "passed": g.passed} for g in self.guards}
         return {
-            "promotion.decision": self.decision,
             "promotion.metric": self.metric,
             "promotion.value": repr(self.value),
             "promotion.champion_value": "none" if self.champion_value is None else repr(self.champion_value),
@@ -140,6 +183,7 @@ class PromotionDecision:
             "promotion.guards": json.dumps(guards, sort_keys=True),
             "promotion.basis": self.basis,
             "promotion.reason": self.reason,
+            "promotion.decision": self.decision,
         }
 
 

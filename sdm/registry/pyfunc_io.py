@@ -5,23 +5,93 @@ MLflow hands the model a DataFrame with one row per image (see
 an optional ``instances`` column. Problems raise ``ModelInputError`` (a
 ValueError) naming the row and what was wrong; the pyfunc turns it into an
 MLflow "invalid parameter" error (HTTP 400 when served).
+
+Every request is also held to the model's ``RequestLimits`` (rows, steps,
+guidance range, samplers): set from ``register.serving`` at registration and
+stored in the model version as MLflow ``model_config`` (mlflow/README.md:
+Request limits), so a served model cannot be asked for unbounded work.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sdm.config.schema import Config, SampleConfig
+from sdm.config.load import from_dict
+from sdm.config.schema import Config, SampleConfig, ServingConfig
 from sdm.errors import InputError
 from sdm.registry.signature import INSTANCES, LABELS
 
 
 class ModelInputError(InputError):
     """A request the registered model cannot take; the message names the row and the problem."""
+
+
+# The key of the limits in the model version's MLflow model_config.
+LIMITS_KEY = "request_limits"
+# torch.Generator.manual_seed takes seeds below 2**64; image i uses seed + i.
+_MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request to the served model may ask for (``register.serving`` at registration)."""
+
+    max_rows: int
+    max_steps: int
+    min_guidance_scale: float
+    max_guidance_scale: float
+    samplers: tuple[str, ...]
+
+    @classmethod
+    def from_serving(cls, serving: ServingConfig) -> RequestLimits:
+        return cls(max_rows=serving.max_rows, max_steps=serving.max_steps,
+                   min_guidance_scale=serving.min_guidance_scale, max_guidance_scale=serving.max_guidance_scale,
+                   samplers=tuple(serving.samplers))
+
+    @classmethod
+    def from_model_config(cls, model_config: Mapping[str, Any] | None) -> RequestLimits:
+        """The limits stored at registration; a version registered before limits existed gets the defaults."""
+        stored = (model_config or {}).get(LIMITS_KEY)
+        if not stored:
+            return cls.from_serving(ServingConfig())
+        # Through the config loader: a hand-edited MLmodel gets the same checks (and messages) as params.yaml.
+        return cls.from_serving(from_dict(dict(stored), ServingConfig, "register.serving"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "samplers": list(self.samplers)}
+
+
+def serving_model_config(config: Config) -> dict[str, Any]:
+    """The ``model_config`` that ``sdm register`` stores with a version: its request limits.
+
+    Checks that the limits admit at least one request and the model's own defaults (``sample``), so that a
+    registered model never refuses a request that sends no params. Raises ``ModelInputError`` naming the keys.
+    """
+    limits = RequestLimits.from_serving(config.register.serving)
+    if not limits.samplers:
+        raise ModelInputError("register.serving.samplers: empty; allow at least the default sampler "
+                              f"sample.sampler={config.sample.sampler!r}")
+    if limits.min_guidance_scale > limits.max_guidance_scale:
+        raise ModelInputError(f"register.serving.min_guidance_scale={limits.min_guidance_scale} is above "
+                              f"register.serving.max_guidance_scale={limits.max_guidance_scale}")
+    try:
+        sampling_options(None, config.sample, limits)
+    except ModelInputError as e:
+        raise ModelInputError(f"the sample section's defaults are outside register.serving: {e}") from None
+    return {LIMITS_KEY: limits.to_dict()}
+
+
+def check_row_count(rows: int, limits: RequestLimits) -> None:
+    """Refuse a request of more rows than ``limits.max_rows`` before any map is parsed."""
+    if rows > limits.max_rows:
+        raise ModelInputError(f"{rows} rows (label maps) in one request; this model takes at most "
+                              f"{limits.max_rows} per request (register.serving.max_rows): split the request")
 
 
 def _missing(cell: Any) -> bool:
@@ -45,16 +115,21 @@ def _as_map(cell: Any, column: str, row: int, size: list[int]) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def parse_model_input(model_input: Any, config: Config) -> tuple[np.ndarray, np.ndarray | None]:
+def parse_model_input(
+    model_input: Any, config: Config, limits: RequestLimits | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A DataFrame of rows (``labels`` + optional ``instances``) -> labels [N, H, W] int64, instances or None.
 
     Also takes a plain integer array [N, H, W] of label maps (no instances).
-    Label values are checked against num_classes by ``generate``.
+    Label values are checked against num_classes by ``generate``. With ``limits``, more than
+    ``limits.max_rows`` rows are refused first.
     """
     size = list(config.model.image_size)
     if isinstance(model_input, np.ndarray):
         if model_input.ndim != 3:
             raise ModelInputError(f"labels: expected [N, H, W] label maps, got shape {list(model_input.shape)}")
+        if limits is not None:
+            check_row_count(len(model_input), limits)
         return np.stack([_as_map(m, LABELS, i, size) for i, m in enumerate(model_input)]), None
     columns = getattr(model_input, "columns", None)
     if columns is None:
@@ -64,6 +139,8 @@ def parse_model_input(model_input: Any, config: Config) -> tuple[np.ndarray, np.
         raise ModelInputError(f"no '{LABELS}' column; got columns {list(columns)}")
     if len(model_input) == 0:
         raise ModelInputError("no rows: send at least one label map")
+    if limits is not None:
+        check_row_count(len(model_input), limits)
     labels = np.stack([_as_map(c, LABELS, i, size) for i, c in enumerate(model_input[LABELS])])
     if INSTANCES not in columns:
         return labels, None
@@ -82,19 +159,45 @@ _SAMPLERS = dataclasses.fields(SampleConfig)
 _SAMPLER_CHOICES = next(f.metadata["choices"] for f in _SAMPLERS if f.name == "sampler")
 
 
-def sampling_options(params: dict[str, Any] | None, sample: SampleConfig) -> dict[str, Any]:
-    """``generate`` keyword options from request params over the model's ``sample`` defaults."""
+def _number(params: dict[str, Any], name: str, default: Any, kind: type) -> Any:
+    value = params.get(name, default)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ModelInputError(f"param {name}={value!r} is not a{'n integer' if kind is int else ' number'}") from None
+
+
+def sampling_options(params: dict[str, Any] | None, sample: SampleConfig, limits: RequestLimits | None = None,
+                     diffusion_steps: int | None = None) -> dict[str, Any]:
+    """``generate`` keyword options from request params over the model's ``sample`` defaults.
+
+    Checked against ``limits`` (the model's request limits; the defaults when None) and the model's
+    ``diffusion_steps`` (a respaced schedule cannot have more steps than the trained one).
+    """
+    limits = limits or RequestLimits.from_serving(ServingConfig())
     params = dict(params or {})
     opts = {
-        "guidance_scale": float(params.get("guidance_scale", sample.guidance_scale)),
+        "guidance_scale": _number(params, "guidance_scale", sample.guidance_scale, float),
         "sampler": str(params.get("sampler", sample.sampler)),
-        "steps": int(params.get("steps", sample.steps)),
-        "seed": int(params.get("seed", sample.seed)),
+        "steps": _number(params, "steps", sample.steps, int),
+        "seed": _number(params, "seed", sample.seed, int),
     }
     if opts["sampler"] not in _SAMPLER_CHOICES:
         raise ModelInputError(f"param sampler={opts['sampler']!r} is not one of {', '.join(_SAMPLER_CHOICES)}")
+    if opts["sampler"] not in limits.samplers:
+        raise ModelInputError(f"param sampler={opts['sampler']!r} is not allowed by this model; it serves "
+                              f"{', '.join(limits.samplers)} (register.serving.samplers)")
     if opts["steps"] < 1:
         raise ModelInputError(f"param steps={opts['steps']} must be >= 1")
-    if not math.isfinite(opts["guidance_scale"]) or opts["guidance_scale"] < 0:
-        raise ModelInputError(f"param guidance_scale={opts['guidance_scale']} must be a number >= 0")
+    if opts["steps"] > limits.max_steps:
+        raise ModelInputError(f"param steps={opts['steps']} is above this model's limit of {limits.max_steps} "
+                              "(register.serving.max_steps)")
+    if diffusion_steps is not None and opts["steps"] > diffusion_steps:
+        raise ModelInputError(f"param steps={opts['steps']} is above the model's {diffusion_steps} diffusion steps")
+    g = opts["guidance_scale"]
+    if not math.isfinite(g) or not limits.min_guidance_scale <= g <= limits.max_guidance_scale:
+        raise ModelInputError(f"param guidance_scale={g} is outside this model's range [{limits.min_guidance_scale}, "
+                              f"{limits.max_guidance_scale}] (register.serving.min/max_guidance_scale)")
+    if not 0 <= opts["seed"] <= _MAX_SEED:
+        raise ModelInputError(f"param seed={opts['seed']} must be in [0, 2**63 - 1]")
     return opts

@@ -9,7 +9,8 @@ form ``mlflow models serve`` takes (``dataframe_records``, ``dataframe_split``,
 ``inputs`` as a list of records).
 
 Params: ``guidance_scale``, ``sampler``, ``steps``, ``seed`` (defaults from the
-``sample`` config). Output: uint8 images [N, H, W, 3].
+``sample`` config), within the version's request limits (``register.serving``,
+``sdm.registry.pyfunc_io.RequestLimits``). Output: uint8 images [N, H, W, 3].
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from sdm.best_effort import BestEffortSender
 from sdm.config import PhaseConfig
 
 LOG_FILE = "train_log.jsonl"
@@ -55,6 +56,14 @@ class Launching(Event):
 
     workers: int
     run_dir: Path
+
+
+@dataclass(frozen=True)
+class CheckpointSkipped(Event):
+    """Rank 0, before training: resume passed over this checkpoint (corrupted, incomplete, unreadable)."""
+
+    path: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,36 @@ class Hooks(Hook):
             h.handle(event)
 
 
+class GuardedHooks(Hook):
+    """The driver's hooks, each isolated: one that raises does not keep the event from the others.
+
+    A hook that fails (a full disk under train_log.jsonl, a closed stdout) is
+    reported through ``warn`` at its first failure, with the traceback, and
+    counted; :attr:`failures` gives the counts for the end-of-run summary.
+    Training goes on: what a hook records is the run's visibility, the
+    checkpoints and final weights do not depend on it.
+    """
+
+    def __init__(self, hooks: Sequence[Hook], warn: Callable[[str], Any]) -> None:
+        self.hooks = list(hooks)
+        self._warn = warn
+        self.failures: dict[str, int] = {}
+
+    def handle(self, event: Event) -> None:
+        for h in self.hooks:
+            try:
+                h.handle(event)
+            except Exception as e:
+                name = type(h).__name__
+                self.failures[name] = self.failures.get(name, 0) + 1
+                if self.failures[name] == 1:
+                    import traceback
+
+                    self._warn(f"warning: {name} failed on {type(event).__name__} ({type(e).__name__}: {e}); "
+                               f"training goes on, further failures of {name} are counted\n"
+                               + "".join(traceback.format_exception(e)).rstrip())
+
+
 # ---- what a person watching the run sees -------------------------------------------------------------------
 
 
@@ -175,6 +214,8 @@ class ConsoleProgress(Hook):
 
     def handle(self, event: Event) -> None:
         match event:
+            case CheckpointSkipped(path=path, reason=reason):
+                self._say(f"warning: skipped checkpoint {path}: {reason}")
             case PhaseStart(phase=p) if p.resumed_from:
                 self._say(f"{p.name}: resuming at step {p.start_step}/{p.steps} from {p.resumed_from}")
             case PhaseStart(phase=p):
@@ -216,8 +257,14 @@ class RunLog(Hook):
         with self.path.open("a") as f:
             f.write(json.dumps({"event": event, "time": round(time.time(), 3), **data}, default=str) + "\n")
 
+    def note(self, event: str, **data: Any) -> None:
+        """Append a line that is not a loop event (e.g. the driver's ``tracking`` summary)."""
+        self._append(event, **data)
+
     def handle(self, event: Event) -> None:
         match event:
+            case CheckpointSkipped(path=path, reason=reason):
+                self._append("checkpoint_skipped", path=path, reason=reason)
             case PhaseStart(phase=p):
                 self._append("phase_start", phase=p.name, start_step=p.start_step, steps=p.steps,
                              global_step=p.global_offset + p.start_step, resumed_from=p.resumed_from)
@@ -236,28 +283,33 @@ class MlflowLogger(Hook):
 
     Runs in the driver (rank 0's events are relayed from the Ray workers), so
     workers need no access to the tracking store; ``sdm.train.launch`` starts
-    and ends the run.
+    and ends the run. Tracking is best-effort: the calls go through ``sender``
+    (``sdm.best_effort``), which retries, drops and counts them in the
+    background, so an unreachable store never stops or slows training.
     """
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, sender: BestEffortSender) -> None:
         self.client = client
         self.run_id = run_id
+        self.sender = sender
 
     def handle(self, event: Event) -> None:
+        client, run_id, send = self.client, self.run_id, self.sender.submit
         match event:
             case PhaseStart(phase=p):
-                self.client.set_tag(self.run_id, "sdm.phase", p.name)
+                send("tag", lambda: client.set_tag(run_id, "sdm.phase", p.name))
             case StepLog():
                 from mlflow.entities import Metric
 
+                # The event's time, not the try's: a retried batch writes the same points again.
                 now = int(time.time() * 1000)
                 step = event.global_step
                 metrics = [Metric(k, float(event.metrics[k]), now, step) for k in MLFLOW_METRICS if k in event.metrics]
                 metrics.append(Metric("phase", float(event.phase.index), now, step))
-                self.client.log_batch(self.run_id, metrics=metrics)
+                send("metrics", lambda: client.log_batch(run_id, metrics=metrics))
             case CheckpointSaved(where=where):
-                self.client.set_tag(self.run_id, "sdm.last_checkpoint", where)
+                send("tag", lambda: client.set_tag(run_id, "sdm.last_checkpoint", where))
             case SampleSaved(path=path):
-                self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
+                send("artifact", lambda: client.log_artifact(run_id, str(path), artifact_path="samples"))
             case RunEnd(final_dir=final):
-                self.client.set_tag(self.run_id, "sdm.final_checkpoint", str(final))
+                send("tag", lambda: client.set_tag(run_id, "sdm.final_checkpoint", str(final)))

@@ -6,11 +6,20 @@ workers). Everything that can be wrong with the input is checked here, before
 any worker starts (``sdm.train.preflight``). One MLflow run per training run
 directory: its id is kept in ``<run_dir>/mlflow_run.json`` and a rerun that
 resumes logs into the same run.
+
+Tracking is best-effort for training: an MLflow store that cannot be reached
+at the start is a warning and the run trains without it; one that goes away
+mid-run costs only the MLflow calls that do not get through after a few tries
+(``sdm.best_effort``), counted at the end on the console, in train_log.jsonl
+(a ``tracking`` line) and in ``TrainResult.tracking``. The console and
+train_log.jsonl are the complete record either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -18,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdm.best_effort import BestEffortPolicy
 from sdm.config import Config, ConfigError, to_dict, write_resolved
 from sdm.registry.lineage import git_commit
-from sdm.train.events import ConsoleProgress, Hook, Hooks, Launching, MlflowLogger, RunLog
+from sdm.tracking import bounded_http
+from sdm.train.events import ConsoleProgress, GuardedHooks, Hook, Hooks, Launching, MlflowLogger, RunLog
 from sdm.train.loop import resolve_phases
 from sdm.train.preflight import Preflight, preflight
 from sdm.train.worker import FINAL_DIR, WorkerPayload
@@ -34,6 +45,8 @@ class TrainResult:
     final_dir: Path
     global_step: int
     mlflow_run_id: str | None
+    # What became of the MLflow calls (sdm.best_effort.SendReport.summary()); None without MLflow.
+    tracking: dict[str, Any] | None = None
 
 
 def absolute_paths(config: Config) -> Config:
@@ -115,15 +128,33 @@ def _run_local(payload: WorkerPayload, hooks: Hook) -> None:
     """One worker in this process (no Ray): checkpoints straight into the run directory."""
     import torch
 
-    from sdm.train.checkpoint import LocalCheckpointSink, latest_checkpoint
+    from sdm.train.checkpoint import LocalCheckpointSink, local_resume_point
     from sdm.train.distributed import WorkerContext
     from sdm.train.worker import run_worker
 
     ctx = WorkerContext(device=torch.device("cuda" if payload.config.train.use_gpu else "cpu"))
     run_worker(payload, ctx=ctx, sink=LocalCheckpointSink(payload.run_dir, payload.config.train.keep_checkpoints, ctx),
-               hooks=hooks, resume=latest_checkpoint(payload.run_dir))
+               hooks=hooks, resume=local_resume_point(payload.run_dir))
 
 
+def _holding_run_lock(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """``fn`` (``train``) with the run folder's lock held for the whole call (``sdm.locks``): a second
+    ``sdm train`` of the same run fails at once naming the first, instead of both pruning each other's
+    checkpoints and logging into one MLflow run."""
+
+    @functools.wraps(fn)
+    def locked(config: Config, *, run_name: str, **options: Any) -> TrainResult:
+        from sdm.locks import lock_target
+
+        check_run_name(run_name)
+        run_dir = Path(config.train.storage_path).resolve() / run_name
+        with lock_target(run_dir, f"training run {run_name!r} ({run_dir})"):
+            return fn(config, run_name=run_name, **options)
+
+    return locked
+
+
+@_holding_run_lock
 def train(
     config: Config,
     *,
@@ -139,6 +170,7 @@ def train(
     echo: Callable[[str], Any] | None = None,
     worker_hooks: Sequence[Hook] = (),
     init_label: str | None = None,
+    tracking_policy: BestEffortPolicy | None = None,
 ) -> TrainResult:
     """Train (or resume) run ``run_name`` under ``train.storage_path``; returns where the final checkpoint is.
 
@@ -149,6 +181,8 @@ def train(
     each sees ``Launching`` here first and may refuse the run with a ConfigError.
     ``init_label`` names where ``init_from`` came from (``models:/NAME/VERSION``) in the
     final checkpoint's meta.json (``init_from``; default: the directory).
+    ``tracking_policy`` bounds the retries of MLflow calls (``sdm.best_effort``; default: 3 tries, 30 s to
+    drain at the end).
     """
     say = echo or (lambda s: print(s, file=sys.stdout, flush=True))
     check_run_name(run_name)
@@ -177,15 +211,33 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_resolved(config, run_dir, "config.yaml")
 
-    hooks: list[Hook] = [ConsoleProgress(say), RunLog(run_dir)]
-    client = run_id = None
+    run_log = RunLog(run_dir)
+    hooks: list[Hook] = [ConsoleProgress(say), run_log]
+    warn = _warner(say)
+    client = run_id = sender = None
+    http = contextlib.ExitStack()
     if log_mlflow:
+        http.enter_context(bounded_http())  # a dead server fails a call in seconds, not minutes
         params = {"sdm.run_name": run_name, "sdm.data_version": pre.data_version, "sdm.phases": ",".join(phases),
                   "sdm.workers": workers}
-        client, run_id, resumed = start_run(config, run_dir, run_name, experiment or config.register.model_name,
-                                            params)
-        hooks.append(MlflowLogger(client, run_id))
-        say(f"[train] MLflow run {run_id}{' (continued)' if resumed else ''}")
+        try:
+            client, run_id, resumed = start_run(config, run_dir, run_name,
+                                                experiment or config.register.model_name, params)
+        except Exception as e:  # an outage (or a store that cannot be written): training does not depend on it
+            from sdm.tracking import tracking_uri
+
+            client = run_id = None
+            warn(f"warning: MLflow ({tracking_uri(config)}) unreachable, training without MLflow tracking: "
+                 f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}; the console and "
+                 f"{run_log.path} keep everything")
+            run_log.note("tracking", status="unavailable", error=f"{type(e).__name__}: {e}"[:1000])
+        else:
+            from sdm.best_effort import BestEffortSender
+            from sdm.tracking import tracking_uri
+
+            sender = BestEffortSender(f"MLflow ({tracking_uri(config)})", warn, tracking_policy)
+            hooks.append(MlflowLogger(client, run_id, sender))
+            say(f"[train] MLflow run {run_id}{' (continued)' if resumed else ''}")
     meta = {"run_name": run_name, "class_names": pre.manifest.class_names, "palette": pre.manifest.palette,
             "mlflow_run_id": run_id, "data_version": pre.data_version, "git_commit": git_commit()}
     if init_path is not None:
@@ -193,16 +245,50 @@ def train(
     payload = build_payload(config, run_dir, phases, pre, init_path, meta, worker_hooks)
 
     ok = False
+    driver_hooks = GuardedHooks(hooks, warn)
+    tracking = None
     try:
         if local:
-            _run_local(payload, Hooks(hooks))
+            _run_local(payload, driver_hooks)
         else:
             from sdm.train.ray_run import run_on_ray
 
-            run_on_ray(payload, Hooks(hooks), verbose=verbose)
+            run_on_ray(payload, driver_hooks, verbose=verbose, warn=warn)
         ok = True
     finally:
-        if client is not None and run_id is not None:
-            end_run(client, run_id, ok)
+        with http:
+            if sender is not None:
+                sender.submit("status", lambda: end_run(client, run_id, ok))
+                tracking = _tracking_summary(sender.close(), run_log, say)
+        if driver_hooks.failures:
+            warn(f"warning: recording the run's events failed {sum(driver_hooks.failures.values())} time(s) "
+                 f"({driver_hooks.failures}); the checkpoints and final weights do not depend on it")
     total = sum(steps.values())
-    return TrainResult(run_dir=run_dir, final_dir=run_dir / FINAL_DIR, global_step=total, mlflow_run_id=run_id)
+    return TrainResult(run_dir=run_dir, final_dir=run_dir / FINAL_DIR, global_step=total, mlflow_run_id=run_id,
+                       tracking=tracking)
+
+
+def _warner(say: Callable[[str], Any]) -> Callable[[str], None]:
+    """A warning printer that cannot raise (a warning about a failed hook may come from a failed console)."""
+
+    def warn(text: str) -> None:
+        try:
+            say(f"[train] {text}")
+        except Exception:
+            print(f"[train] {text}", file=sys.stderr, flush=True)
+
+    return warn
+
+
+def _tracking_summary(report: Any, run_log: RunLog, say: Callable[[str], Any]) -> dict[str, Any]:
+    """The MLflow calls sent and dropped, on the console (when any were dropped) and as a train_log.jsonl line."""
+    summary = report.summary()
+    if report.dropped:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.dropped_by_kind.items()))
+        say(f"[train] warning: MLflow: {report.dropped} call(s) dropped ({kinds}), {report.sent} sent; "
+            f"{run_log.path} has every metric")
+    try:
+        run_log.note("tracking", **summary)
+    except OSError as e:
+        say(f"[train] warning: could not append the tracking summary to {run_log.path}: {e}")
+    return summary

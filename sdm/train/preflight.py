@@ -1,6 +1,7 @@
 """Checks before any worker starts: each bad input is one clear error naming the file or key.
 
-- the prepared data is missing (the message names the command that makes it);
+- the prepared data is missing (the message names the command that makes it), or a shard's bytes differ
+  from manifest.json's sha256;
 - the dataset's classes / image size differ from the model's;
 - the global batch does not split evenly over the workers, or exceeds the training split;
 - a resume (or ``--init-from``) whose model shape differs from this config.
@@ -15,6 +16,7 @@ from typing import Any
 
 from sdm.config import Config, ConfigError, ModelConfig, from_dict
 from sdm.data.manifest import Manifest, read_manifest
+from sdm.data.shards import verify_shards
 from sdm.errors import InputError
 from sdm.train.checkpoint import latest_checkpoint, read_state_json
 from sdm.train.loop import plan_phases
@@ -111,6 +113,8 @@ def preflight(config: Config, run_dir: Path, *, workers: int, phases: list[str],
     prepared = Path(config.data.prepared)
     manifest = read_manifest(prepared)
     items = check_data(config, manifest, prepared)
+    # A corrupt or replaced shard is refused here, before a run folder or an MLflow run exists.
+    verify_shards(prepared, manifest)
     from sdm.data.version import data_version
 
     version = data_version(prepared)

@@ -10,7 +10,13 @@ directories Ray Train manages (``<storage_path>/<run-name>/checkpoint-<phase>-<s
 rank 0 writes one and reports it, the other ranks report metrics only
 (``report`` is a barrier), and every rank then waits until Ray has committed
 it, so a worker that dies right after a checkpoint cannot lose it. A
-restarted worker group resumes from ``ray.train.get_checkpoint()``.
+restarted worker group resumes from ``ray.train.get_checkpoint()`` when it is
+intact (sha256 of every file), else from the newest intact checkpoint in the run
+directory: a corrupted newest checkpoint costs the steps since the one before,
+not the run (Ray would hand the same checkpoint to every restart). Ray keeps
+listing the corrupted one until its ``num_to_keep`` retention deletes it, so the
+checkpoint that replaces it gets a new folder name (``...-0000006-2``) rather than
+being written into the folder Ray still tracks.
 
 Rank 0 puts its events (progress, checkpoints, sample grids) on a Ray queue
 as they are; a thread in the driver hands them to the driver's hooks.
@@ -28,10 +34,18 @@ from typing import Any
 
 from sdm.config import TrainConfig
 from sdm.errors import InputError
-from sdm.train.checkpoint import TrainState, latest_checkpoint, read_train_state, write_train_state
-from sdm.train.distributed import WorkerContext
+from sdm.train.checkpoint import (
+    ResumePoint,
+    TrainState,
+    find_resume_point,
+    resume_candidates,
+    write_train_state,
+)
+from sdm.train.distributed import WorkerContext, barrier
 from sdm.train.events import Event, Hook
 from sdm.train.worker import WorkerPayload
+
+logger = logging.getLogger(__name__)
 
 # Ray Train V2 routes worker prints through logging as well as stdout; one copy is enough.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -112,13 +126,35 @@ def build_trainer(payload: WorkerPayload, queue: Any) -> Any:
 
 
 class _Relay(threading.Thread):
-    """Pulls rank 0's events off the queue and hands them to the driver's hooks."""
+    """Pulls rank 0's events off the queue and hands them to the driver's hooks.
 
-    def __init__(self, queue: Any, hooks: Hook) -> None:
+    It cannot die silently: an exception while taking an event off the queue or
+    handing it on is logged (with its traceback, the first time) and counted,
+    and the relay goes on with the next event, so one bad moment does not leave
+    the console, train_log.jsonl and MLflow quiet for the rest of the run.
+    Training itself never waits for the relay (the queue is unbounded), so
+    keeping it alive is better than failing a run whose checkpoints are fine;
+    the count is reported at the end (``errors``).
+    """
+
+    def __init__(self, queue: Any, hooks: Hook, warn: Callable[[str], Any]) -> None:
         super().__init__(daemon=True, name="sdm-train-relay")
-        self.queue, self.hooks = queue, hooks
+        self.queue, self.hooks, self.warn = queue, hooks, warn
         self.stop = threading.Event()
-        self.error: BaseException | None = None
+        self.errors = 0
+        self.first_error = ""
+        self.died = False
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            import traceback
+
+            self.first_error = f"{what}: {type(e).__name__}: {e}"
+            self.warn(f"warning: the event relay: {self.first_error}; it goes on, further errors are counted\n"
+                      + "".join(traceback.format_exception(e)).rstrip())
+        else:
+            logger.warning("sdm train relay: %s failed (%d errors so far): %r", what, self.errors, e)
 
     def _drain_one(self, timeout: float) -> bool:
         from ray.util.queue import Empty
@@ -127,7 +163,14 @@ class _Relay(threading.Thread):
             event = self.queue.get(timeout=timeout)
         except Empty:
             return False
-        self.hooks.handle(event)
+        except Exception as e:  # the queue actor is unreachable: wait a little, try again
+            self._failed("taking an event off the queue", e)
+            self.stop.wait(1.0)
+            return False
+        try:
+            self.hooks.handle(event)
+        except Exception as e:
+            self._failed(f"handling {type(event).__name__}", e)
         return True
 
     def run(self) -> None:
@@ -136,14 +179,23 @@ class _Relay(threading.Thread):
                 self._drain_one(0.5)
             while self._drain_one(0.1):  # what arrived before the stop
                 pass
-        except BaseException as e:  # surfaced by run_on_ray
-            self.error = e
+        except BaseException:
+            # Only a failing ``warn`` can get here; the relay is then lost, and says so wherever it still can.
+            self.died = True
+            logger.exception("sdm train relay: stopped by an unexpected error; the driver's console, "
+                             "train_log.jsonl and MLflow get no further events")
+            raise
 
 
-def run_on_ray(payload: WorkerPayload, hooks: Hook, verbose: bool = False) -> Any:
+def _log_error(text: str) -> None:
+    logger.error("%s", text)
+
+
+def run_on_ray(payload: WorkerPayload, hooks: Hook, verbose: bool = False,
+               warn: Callable[[str], Any] = _log_error) -> Any:
     """Fit the TorchTrainer while relaying rank 0's events to ``hooks``; returns Ray's Result.
 
-    ``verbose`` shows Ray's and the workers' own logs."""
+    ``verbose`` shows Ray's and the workers' own logs; ``warn`` gets the relay's problems (default: logging)."""
     import ray
     from ray.train import TrainingFailedError
     from ray.util.queue import Queue
@@ -152,7 +204,7 @@ def run_on_ray(payload: WorkerPayload, hooks: Hook, verbose: bool = False) -> An
     try:
         check_cluster(payload.config.train)
         queue = Queue(actor_options={"num_cpus": 0})
-        relay = _Relay(queue, hooks)
+        relay = _Relay(queue, hooks, warn)
         trainer = build_trainer(payload, queue)
         relay.start()
         try:
@@ -164,9 +216,15 @@ def run_on_ray(payload: WorkerPayload, hooks: Hook, verbose: bool = False) -> An
             relay.stop.set()
             relay.join(timeout=30)
             queue.shutdown()
-        if relay.error is not None:
-            # A hook (console, run log, MLflow) failed on the driver: training itself finished.
-            raise RuntimeError(f"recording the run's events failed: {relay.error!r}") from relay.error
+        if relay.is_alive():
+            warn("warning: the event relay was still busy 30 s after training ended; events it holds may be "
+                 "missing from the console, train_log.jsonl and MLflow")
+        if relay.died:
+            logger.error("sdm train relay: it stopped during the run (see the error above); events after that "
+                         "are missing from the console, train_log.jsonl and MLflow; the checkpoints are complete")
+        if relay.errors:
+            warn(f"warning: the event relay hit {relay.errors} error(s) (first: {relay.first_error}); training "
+                 f"finished and its checkpoints are complete")
         return result
     finally:
         if started:
@@ -198,6 +256,12 @@ class RayCheckpointSink:
         import ray.train
         from ray.train import Checkpoint, CheckpointConsistencyMode
 
+        if (self.run_dir / name).exists():
+            # A checkpoint resume skipped as corrupted: Ray still tracks that folder (and deletes it when it
+            # falls out of num_to_keep), so the new one must not share it. Every rank sees the same folders
+            # (shared storage) and so picks the same name.
+            name = next(f"{name}-{k}" for k in range(2, 1_000_000) if not (self.run_dir / f"{name}-{k}").exists())
+        barrier(self.ctx)  # every rank has its name before rank 0's checkpoint can appear under it
         if self.ctx.is_main:
             with tempfile.TemporaryDirectory(prefix="sdm-ckpt-") as tmp:
                 path = write_train_state(Path(tmp) / name, make_state())
@@ -208,18 +272,16 @@ class RayCheckpointSink:
         return str(self.run_dir / name)
 
 
-def _resume_point(run_dir: Path) -> tuple[TrainState | None, str | None]:
-    """Ray's latest committed checkpoint; else the newest of ours in the run dir (e.g. from ``--local``)."""
+def _resume_point(run_dir: Path) -> ResumePoint:
+    """Ray's latest committed checkpoint when intact; else the newest intact one in the run dir (also those of
+    ``--local``), the corrupted ones passed over recorded. Every rank reads the same files and so agrees."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            return read_train_state(d), Path(checkpoint.path).name
-    latest = latest_checkpoint(run_dir)
-    if latest is not None:
-        return read_train_state(latest), latest.name
-    return None, None
+    # storage_path is a local or shared filesystem (train.storage_path), so Ray's path is readable in place.
+    first = [Path(checkpoint.path)] if checkpoint is not None else []
+    candidates, unreadable = resume_candidates(run_dir, first)
+    return find_resume_point(candidates, unreadable)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -235,6 +297,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if payload.config.train.use_gpu else torch.device("cpu")
     ctx = WorkerContext(rank=context.get_world_rank(), world_size=context.get_world_size(),
                         local_rank=context.get_local_rank(), device=device)
-    state, source = _resume_point(payload.run_dir)
     run_worker(payload, ctx=ctx, sink=RayCheckpointSink(ctx, payload.run_dir),
-               hooks=QueueRelay(loop_config["queue"]) if ctx.is_main else None, resume=state, resume_name=source)
+               hooks=QueueRelay(loop_config["queue"]) if ctx.is_main else None,
+               resume=_resume_point(payload.run_dir))

@@ -23,15 +23,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from sdm.checksums import verify_files
 from sdm.config import Config, ConfigError
 from sdm.diffusion import GaussianDiffusion
-from sdm.model import EMA_FILE, MODEL_FILE, SDMUNet, read_checkpoint_meta, save_checkpoint
+from sdm.model import EMA_FILE, MODEL_FILE, SDMUNet, read_checkpoint_meta, recorded_sha256, save_checkpoint
 from sdm.sampling import generate
 from sdm.state_dict_check import check_state_dict
-from sdm.train.checkpoint import CheckpointSink, TrainState, read_train_state
+from sdm.train.checkpoint import CheckpointSink, ResumePoint, TrainState, read_train_state
 from sdm.train.data_order import TrainingDataset, derive_seed, training_dataset
 from sdm.train.distributed import WorkerContext, barrier
-from sdm.train.events import Hook, Hooks, PhaseInfo, RunEnd
+from sdm.train.events import CheckpointSkipped, Hook, Hooks, PhaseInfo, RunEnd
 from sdm.train.loop import LoopParts, SampleRenderer, plan_phases, train_phase
 from sdm.train.optim import EMA
 from sdm.viz import colorize, save_grid
@@ -57,7 +58,7 @@ class WorkerPayload:
 
 
 def run_worker(payload: WorkerPayload, *, ctx: WorkerContext, sink: CheckpointSink, hooks: Hook | None = None,
-               resume: Path | TrainState | None = None, resume_name: str | None = None) -> Path:
+               resume: Path | TrainState | ResumePoint | None = None, resume_name: str | None = None) -> Path:
     """This worker's part of the run ``payload`` describes; returns ``run_dir/final``.
 
     ``hooks`` get this rank's events besides ``payload.worker_hooks`` (rank 0:
@@ -91,6 +92,8 @@ def load_init_weights(directory: Path, model: nn.Module) -> tuple[dict[str, torc
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: missing; --init-from wants a checkpoint directory "
                                 f"({MODEL_FILE} + config.json), e.g. runs/<run-name>/final")
+    # A corrupted file is a ChecksumMismatchError naming it, before safetensors reads garbage.
+    verify_files(directory, recorded_sha256(directory), [MODEL_FILE, EMA_FILE])
     state = load_file(str(weights))
     check_state_dict(model, state, str(weights), "this run's config.model")
     ema_path = directory / EMA_FILE
@@ -123,7 +126,7 @@ def run_training(
     sink: CheckpointSink,
     hooks: Hook,
     dataset: TrainingDataset,
-    resume: Path | TrainState | None = None,
+    resume: Path | TrainState | ResumePoint | None = None,
     resume_name: str | None = None,
     init_from: Path | None = None,
     data_version: str = "",
@@ -133,7 +136,9 @@ def run_training(
     """Train the planned phases (resuming from ``resume`` when given); returns ``run_dir/final``.
 
     ``resume`` is a training checkpoint (its directory or its loaded state;
-    ``resume_name`` names it in logs);
+    ``resume_name`` names it in logs), or a ``ResumePoint`` (the newest intact
+    checkpoint and the corrupted ones passed over, which rank 0 reports as
+    ``CheckpointSkipped`` events);
     ``init_from`` a model checkpoint directory whose weights (and EMA) start a
     fresh run. ``sampler_factory`` builds rank 0's EMA sample grid. ``hooks``
     get this rank's events (``StepStart`` on every rank, the rest on rank 0).
@@ -142,9 +147,15 @@ def run_training(
     plan = plan_phases(config, phases)
     model = build_model(config, ctx.device)
     ema = EMA(model, config.train.ema_rate, warmup=config.train.ema_warmup)
-    if isinstance(resume, (str, Path)):
+    if isinstance(resume, ResumePoint):
+        if ctx.is_main:
+            for skipped in resume.skipped:
+                hooks.handle(CheckpointSkipped(str(skipped.path), skipped.reason))
+        resume_name = resume_name or resume.name
+        state: TrainState | None = resume.state
+    elif isinstance(resume, (str, Path)):
         resume_name = resume_name or Path(resume).name
-        state: TrainState | None = read_train_state(resume)
+        state = read_train_state(resume)
     else:
         state = resume
     resume_name = resume_name or ("checkpoint" if state is not None else "")
