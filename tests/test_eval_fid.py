@@ -70,3 +70,4 @@ def test_real_features_cache_and_scores(inception: FIDInceptionV3, tmp_path: Pat
     none, skipped, _ = score_samples(other, RealReference(real, labels, ref.seg_features, None,
                                                           {"fid": "no weights", "kid": "no weights"}), seg, None)
     assert "fid" not in none and "kid" not in none and skipped["kid"] == "no weights"
+    assert skipped["kid_std"] == "no weights"  # KID's spread is skipped with it, for the same reason

@@ -9,7 +9,6 @@ Every problem is a ``ConfigError`` that names the file or key path.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import types
@@ -56,8 +55,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def _closest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    return f" (did you mean '{match[0]}'?)" if match else ""
+    # A misspelt config key always gets the nearest valid key: the list of keys is short and fixed.
+    return did_you_mean(key, valid, cutoff=0.0)
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:

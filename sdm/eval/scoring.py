@@ -153,4 +153,6 @@ def score_samples(
         skipped.update(sk)
     else:
         skipped.update(skips)
+    if "kid" in skipped:  # kid_std is KID's spread: skipped with it, for the same reason
+        skipped.setdefault("kid_std", skipped["kid"])
     return metrics, skipped, per_class_iou(conf)
