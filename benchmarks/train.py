@@ -14,6 +14,10 @@ core, whatever else the machine is running).
     python benchmarks/train.py                         # toy, 1 and 2 workers, CPU
     python benchmarks/train.py --config ade20k --workers 1 --steps 2 --warmup 1
     python benchmarks/train.py --config ade20k --device cuda --precision bf16 --checkpointing --workers 1
+
+One column per ``--precision`` (default fp32 and bf16, run one after the other for each row) and
+their ratio: bf16 autocast pays only where the device runs bf16 natively (``train.precision: auto``
+picks it there; the first line says what auto is on this machine).
 """
 
 from __future__ import annotations
@@ -161,24 +165,42 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (CPU)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--precision", default="fp32,bf16",
+                   help="comma list of train.precision values, one column each (auto, fp32, bf16)")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (model.use_checkpoint)")
     args = p.parse_args()
     configs = ["toy", "ade20k"] if args.config == "all" else [args.config]
-    print(f"{'config':8} {'workers':>7} {'batch/w':>7} {'threads':>7} {'img/s':>8} {'s/step':>8} "
-          f"{'cpu s/step':>10} {'peak GiB':>8}")
+    precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
+    bad = [x for x in precisions if x not in ("auto", "fp32", "bf16")]
+    if bad or not precisions:
+        p.error(f"--precision {args.precision}: expected a comma list of auto, fp32, bf16")
+    from sdm.precision import resolve_precision
+
+    auto = resolve_precision("auto", "cuda" if args.device == "cuda" else "cpu")
+    print(f"# train.precision auto on this {args.device}: {auto}")
+    head = " ".join(f"{'img/s ' + x:>11} {'s/step':>7}" for x in precisions)
+    ratio = "bf16 x" if {"fp32", "bf16"} <= set(precisions) else ""
+    print(f"{'config':8} {'workers':>7} {'batch/w':>7} {'threads':>7} {head} {'cpu s/step':>10} {'peak GiB':>8} "
+          f"{ratio}")
     for name in configs:
         for workers in [int(w) for w in args.workers.split(",")]:
             args.config_now, args.workers_now = name, workers
             args.batch_now = args.batch or (8 if name == "toy" else 1)
-            r = run_one(args)
-            if "skipped" in r:
-                print(f"{name:8} {workers:>7} {args.batch_now:>7} {args.threads:>7}  skipped: {r['skipped']}",
+            results = {}
+            for precision in precisions:
+                args.precision = precision
+                results[precision] = run_one(args)
+            skipped = [r["skipped"] for r in results.values() if "skipped" in r]
+            if skipped:
+                print(f"{name:8} {workers:>7} {args.batch_now:>7} {args.threads:>7}  skipped: {skipped[0]}",
                       flush=True)
                 continue
-            peak = f"{r['peak_mem_gib']:.2f}" if "peak_mem_gib" in r else "-"
-            print(f"{name:8} {workers:>7} {r['batch_per_worker']:>7} {args.threads:>7} {r['img_per_s']:>8.3g} "
-                  f"{r['s_per_step']:>8.3f} {r['cpu_s_per_step']:>10.3f} {peak:>8}", flush=True)
+            last = results[precisions[-1]]
+            peak = f"{last['peak_mem_gib']:.2f}" if "peak_mem_gib" in last else "-"
+            cells = " ".join(f"{r['img_per_s']:>11.3g} {r['s_per_step']:>7.3f}" for r in results.values())
+            speedup = (f"{results['fp32']['s_per_step'] / results['bf16']['s_per_step']:.2f}x" if ratio else "")
+            print(f"{name:8} {workers:>7} {args.batch_now:>7} {args.threads:>7} {cells} "
+                  f"{last['cpu_s_per_step']:>10.3f} {peak:>8} {speedup}", flush=True)
     return 0
 
 

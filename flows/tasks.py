@@ -171,10 +171,15 @@ def evaluation_cache_key(context: TaskRunContext, parameters: dict[str, Any]) ->
 
 @task(name="evaluate", cache_key_fn=evaluation_cache_key, persist_result=True)
 def evaluate_checkpoint(config: Config, checkpoint: str, data: str, data_version: str, out: str) -> dict[str, Any]:
+    from sdm.eval.ray_sampling import cluster_sampling
     from sdm.eval.runner import EvalRequest, run_evaluation
 
     logger = get_run_logger()
-    req = EvalRequest(checkpoint=Path(checkpoint), data=Path(data), out=Path(out))
+    # On a cluster (RAY_ADDRESS) the sampling is spread like training; the images are the same either way.
+    workers, use_gpu = cluster_sampling(config.evaluate.workers, config.evaluate.use_gpu, config.train.workers,
+                                        config.train.use_gpu)
+    req = EvalRequest(checkpoint=Path(checkpoint), data=Path(data), out=Path(out), workers=workers,
+                      use_gpu=use_gpu)
     return run_evaluation(req, config, log=logger.info)
 
 

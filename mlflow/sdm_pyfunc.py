@@ -38,7 +38,7 @@ class SDMPyfunc(PythonModel):
 
     # pd.DataFrame is a hint MLflow infers no signature from: the explicit signature (signature.py) stands.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
-        from sdm.registry.pyfunc_io import parse_model_input, sampling_options
+        from sdm.registry.pyfunc_io import parse_model_input, sampling_options, speed_options
         from sdm.sampling import generate
 
         try:
@@ -46,7 +46,7 @@ class SDMPyfunc(PythonModel):
             opts = sampling_options(params, self.config.sample, self.limits, self.config.diffusion.steps)
             labels, instances = parse_model_input(model_input, self.config, self.limits)
             return generate(self.model, self.config, labels, instances, batch_size=self.config.sample.batch_size,
-                            **opts)
+                            **opts, **speed_options(self.config.sample))
         except ValueError as e:
             # A request this model cannot take: MLflow answers it with HTTP 400 and this message.
             raise MlflowException.invalid_parameter_value(str(e)) from e

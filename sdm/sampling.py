@@ -12,10 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdm.compiled import COMPILE_LOG, compiled, resolve_setting
+from sdm.compiled import channels_last as channels_last_ctx
 from sdm.conditioning import make_segmap
 from sdm.config.schema import Config
 from sdm.diffusion import GaussianDiffusion, sample_loop
 from sdm.errors import InputError
+from sdm.precision import compute_dtype, resolve_precision
+from sdm.spade_budget import cache_bytes_per_label_map, plan_cache
 
 
 class SampleInputError(InputError):
@@ -79,6 +83,11 @@ def generate(
     batch_size: int = 8,
     eta: float = 0.0,
     progress: bool = False,
+    precision: str = "fp32",
+    compile: bool | str = False,
+    channels_last: bool | str = False,
+    cache_budget_gb: float = 0.0,
+    stats: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Sample one image per label map: labels [N, H, W] int in 0..num_classes-1 -> uint8 [N, H, W, 3].
 
@@ -86,23 +95,56 @@ def generate(
     images do not depend on ``batch_size``. ``instances`` [N, H, W] (any integer
     ids) give instance edges when the model uses them; without them the edges
     come from the label map itself.
+
+    Speed (``sample.*`` in params.yaml; the defaults here are the exact fp32 eager path):
+    ``precision`` fp32 | bf16 | auto (``sdm.precision``); ``compile`` / ``channels_last`` False | True |
+    "auto" (``sdm.compiled``); ``cache_budget_gb`` bounds the SPADE cache per sampling call, 0 = unbounded
+    (``sdm.spade_budget``: smaller chunks of label maps, or uncached past it). ``stats``, when given, is
+    filled with what ran: the resolved settings, the cache plan, the largest cache built and compile time.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     label_t, instance_t = validate_labels(labels, config, instances)
     param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     device = param.device if param is not None else torch.device("cpu")
+    precision = resolve_precision(precision, device)
+    use_compile = resolve_setting(compile, "compile", device)
+    use_channels_last = resolve_setting(channels_last, "channels_last", device)
+    element_size = torch.finfo(compute_dtype(precision, device)).bits // 8
+    plan = plan_cache(batch_size, cache_bytes_per_label_map(model, config.model.image_size, element_size,
+                                                            guidance_scale != 1.0), cache_budget_gb)
+    net = compiled(model) if use_compile else model
     diffusion = GaussianDiffusion(config.diffusion, config.model.learn_sigma)
+    largest_cache = 0
+    compiles_before = _compile_count()
     out = []
-    for start in range(0, label_t.shape[0], batch_size):
-        stop = min(start + batch_size, label_t.shape[0])
-        inst = instance_t[start:stop] if instance_t is not None else None
-        segmap = make_segmap(label_t[start:stop], inst, config.model).to(device)
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]
-        images = sample_loop(
-            model, diffusion, segmap, sampler=sampler, steps=steps, guidance_scale=guidance_scale, eta=eta,
-            generator=generators, progress=progress, channels=config.model.in_channels,
-        )
-        out.append(to_uint8(images))
+    with channels_last_ctx(model, use_channels_last):
+        for start in range(0, label_t.shape[0], plan.chunk):
+            stop = min(start + plan.chunk, label_t.shape[0])
+            inst = instance_t[start:stop] if instance_t is not None else None
+            segmap = make_segmap(label_t[start:stop], inst, config.model).to(device)
+            generators = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]
+            call: dict[str, Any] = {}
+            images = sample_loop(
+                net, diffusion, segmap, sampler=sampler, steps=steps, guidance_scale=guidance_scale, eta=eta,
+                generator=generators, progress=progress, channels=config.model.in_channels,
+                use_spade_cache=plan.use_cache, precision=precision, stats=call,
+            )
+            largest_cache = max(largest_cache, call["cache_nbytes"])
+            out.append(to_uint8(images))
+    if stats is not None:
+        stats.update(precision=precision, compile=use_compile, channels_last=use_channels_last, plan=plan,
+                     chunk=plan.chunk, use_spade_cache=plan.use_cache, largest_cache_nbytes=largest_cache,
+                     cache_bytes_per_label_map=plan.bytes_per_label_map,
+                     compile_seconds=_compile_seconds(compiles_before))
     h, w = config.model.image_size
     return np.concatenate(out) if out else np.zeros((0, h, w, 3), dtype=np.uint8)
+
+
+def _compile_count() -> int:
+    return len(COMPILE_LOG)
+
+
+def _compile_seconds(since: int) -> float:
+    """Seconds spent compiling (first calls of new shapes) since the log had ``since`` entries."""
+    return float(sum(entry["seconds"] for entry in COMPILE_LOG[since:]))

@@ -124,7 +124,8 @@ def mlflow_server_process(root: Path) -> ServerProcess:
                 "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                 "--artifacts-destination", str(root / "artifacts")]
 
-    return ServerProcess("mlflow server", argv, "/health", root / "server.log")
+    # 240 s as the README harness allows the same server: on a loaded 2-core machine it starts in over 120 s.
+    return ServerProcess("mlflow server", argv, "/health", root / "server.log", start_timeout=240)
 
 
 @pytest.fixture(scope="session")

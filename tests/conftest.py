@@ -27,8 +27,14 @@ os.environ["SDM_CACHE_DIR"] = str(_SESSION_HOME / "sdm-cache")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
+# Ray's temp folder (sessions, sockets, and the pointer `ray start` leaves, which a bare ray.init() would follow)
+# is the session's own: no cluster started on this machine outside the tests is ever seen or joined.
+os.environ["RAY_TMPDIR"] = str(_SESSION_HOME / "rt")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A real two-node Ray cluster (ray start head + a joined node), once per session: see tests/_ray_cluster.py.
+from _ray_cluster import ray_head, two_node_cluster  # noqa: E402, F401
 
 # A real MLflow tracking server (session-scoped) for outage tests: see tests/_servers.py.
 from _servers import live_mlflow, mlflow_server  # noqa: E402, F401
@@ -74,7 +80,8 @@ def prefect_harness() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    """One local Ray cluster for the whole session (~5 s to start), as ``sdm train`` starts it."""
+    """One local Ray cluster for the whole session (~5 s to start), as ``sdm train`` starts it (under the
+    session's RAY_TMPDIR)."""
     import ray
 
     from sdm.train.ray_run import ensure_ray

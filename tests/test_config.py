@@ -64,6 +64,14 @@ def test_overrides_typed_and_nested() -> None:
     assert cfg.train.use_gpu is True and cfg.model.channel_mult == [1.0, 2.0]
 
 
+def test_an_unquoted_true_false_is_taken_as_written_by_a_string_choice() -> None:
+    # YAML reads --set sample.compile=false as a boolean; the setting's choices are strings.
+    sample = resolve(params=None, overrides=["sample.compile=false", "sample.channels_last=true"]).sample
+    assert (sample.compile, sample.channels_last) == ("false", "true")
+    with pytest.raises(ConfigError, match="sample.precision"):  # a boolean is still no precision
+        resolve(params=None, overrides=["sample.precision=true"])
+
+
 def test_override_beats_preset_beats_params(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("train:\n  batch_size: 4\n  seed: 7\n")

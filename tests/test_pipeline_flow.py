@@ -1,101 +1,123 @@
-"""End to end: the Prefect `retrain` flow on tiny settings in a temp git + DVC project.
+"""End to end: the Prefect `retrain` flow on tiny settings in a temp git + DVC project, scheduled on a real server.
 
-One test (the whole pipeline is the expensive part): run 1 prepares, trains,
-evaluates, registers and promotes; run 2 with unchanged data skips preparation,
-is forced to train (unforced it would be up to date: test_retrain_decide_flow.py),
-survives one transient registration failure (Prefect retries the task) and
-registers version 2.
+One test (the whole pipeline is the expensive part, so it runs from scratch once here):
+
+1. A real Prefect server (`prefect server start`, own PREFECT_HOME and sqlite database, free
+   port) and `sdm pipeline serve` with a `retrain-nightly` deployment firing every few seconds
+   (an interval instead of the nightly cron). The first scheduled run prepares the data (DVC
+   repro), pushes it, trains, evaluates, registers and promotes version 1; the second finds
+   nothing changed and ends "up to date" with no new version. The test reads both runs and
+   their summaries from the server's REST API.
+2. Then, in this process: a forced run (``retrain(force=True)``) with unchanged data skips
+   preparation, trains anyway in a fresh run folder (continuing from champion v1), survives one
+   transient registration failure (Prefect retries the task) and registers version 2.
+
+Unforced reruns after data / param changes (resume, continue): test_retrain_decide_flow.py.
+Every process the test starts is stopped by its pid (its own process group).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
-
-from sdm.config import resolve, to_dict
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from _pipeline_project import (  # noqa: F401  (the project and prefect_server fixtures)
+    BIN,
+    flow_runs,
+    harness_summaries,
+    prefect_server,
+    project,
+    server_summary,
+    stop_group,
+    tail,
+)
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.synth.n=24", "data.synth.size=32", "data.image_size=[16,16]", "data.val_fraction=0.25",
-    "model.image_size=[16,16]", "model.model_channels=32", "model.channel_mult=[1,2]",
-    "model.attention_resolutions=[8]", "model.num_heads=1", "model.spade_hidden=16",
-    "train.pretrain.steps=4", "train.finetune.steps=2", "train.batch_size=4", "train.workers=1",
-    "train.checkpoint_every=2", "train.log_every=2", "train.sample_every=100",
-    "evaluate.guidance_scales=[1.0,1.5]", "evaluate.steps=3", "evaluate.num_samples=4", "evaluate.repeats=2",
-    "evaluate.segmenter.steps=5", "evaluate.segmenter.batch_size=4", "evaluate.segmenter.width=8",
-    "evaluate.min_fid_samples=10", "sample.steps=3", "register.model_name=sdm-pipeline-test",
-    "retrain.continue_steps=2",
-]
+INTERVAL_S = 10
+MODEL = "sdm-pipeline-test"
 
 
-def sh(cmd: list[str], cwd: Path) -> None:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+def _summary_field(doc: str, name: str) -> str:
+    m = re.search(rf"- \*\*{name}\*\*: `([^`]+)`", doc)
+    assert m, f"no {name} in the summary:\n{doc}"
+    return m.group(1)
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A git + DVC project with this repo's dvc.yaml and data code, tiny params, a local remote."""
-    proj = tmp_path / "project"
-    proj.mkdir()
-    shutil.copy(REPO / "dvc.yaml", proj / "dvc.yaml")
-    shutil.copy(REPO / ".dvcignore", proj / ".dvcignore")
-    shutil.copytree(REPO / "sdm" / "data", proj / "sdm" / "data", ignore=shutil.ignore_patterns("__pycache__"))
-    cfg = resolve(overrides=TINY, params=None)
-    params = to_dict(cfg)
-    params.pop("preset")
-    params["train"]["storage_path"] = str(tmp_path / "runs")
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(["git", "init", "-q"], proj)
-    sh([sys.executable, "-m", "dvc", "init", "-q"], proj)
-    sh([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], proj)
-    sh(["git", "add", "-A"], proj)
-    sh(["git", "commit", "-qm", "init"], proj)
-    monkeypatch.chdir(proj)
-    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    return proj
+def _scheduled_runs(proj: Path, url: str, env: dict[str, str], log: Path) -> tuple[dict, dict]:
+    """Serve the deployment until the server holds two completed scheduled runs; the first two, oldest first."""
+    spec = {"name": "sdm-test", "deployments": [{
+        "name": "retrain-nightly", "entrypoint": "flows/retrain.py:retrain",
+        "parameters": {"push": True}, "schedules": [{"interval": INTERVAL_S}]}]}
+    (proj / "prefect.yaml").write_text(yaml.safe_dump(spec))
+    with log.open("w") as out:
+        serve = subprocess.Popen([str(BIN / "sdm"), "pipeline", "serve"], cwd=proj, env={**os.environ, **env},
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 540
+        while True:
+            assert serve.poll() is None, f"sdm pipeline serve exited ({serve.returncode}):\n{tail(log)}"
+            runs = flow_runs(url)
+            bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
+            assert not bad, f"a scheduled run failed: {bad[0]['state_name']}\n{tail(log, 120)}"
+            done = [r for r in runs if r["state_type"] == "COMPLETED"]
+            if len(done) >= 2:
+                break
+            assert time.monotonic() < deadline, f"fewer than 2 completed runs after 540 s:\n{tail(log, 120)}"
+            time.sleep(3)
+    finally:
+        stop_group(serve)
+    first, second = sorted(done, key=lambda r: r["start_time"])[:2]
+    return first, second
 
 
-def test_retrain_end_to_end_twice(project: Path, mlflow_uri: str, prefect_harness: None,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.client.orchestration import get_client
+def test_retrain_scheduled_on_a_server_then_forced(project: Path, mlflow_uri: str,  # noqa: F811
+                                                   prefect_harness: None,
+                                                   prefect_server: tuple[str, dict[str, str]],  # noqa: F811
+                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   request: pytest.FixtureRequest) -> None:
+    url, env = prefect_server
+    first, second = _scheduled_runs(project, url, env, tmp_path / "serve.log")
+    print(f"scheduled runs: train {first['total_run_time']:.1f} s, up to date {second['total_run_time']:.1f} s")
+    assert first["deployment_id"] and first["deployment_id"] == second["deployment_id"]
+    assert first["auto_scheduled"] and second["auto_scheduled"], "the runs were not made by the schedule"
+    one = server_summary(url, first["id"])
+    two = server_summary(url, second["id"])
+    assert "**decision**: scratch" in one and f"models:/{MODEL}/1" in one
+    assert "# sdm retrain: up to date" in two and "champion v1 was trained on this data" in two
 
-    from flows.retrain import retrain
-
-    first = retrain(push=True)
-    # A prepared, DVC-tracked dataset (in dvc.lock, pushed to the remote).
-    prepared = Path(first["prepared"])
+    # Run 1 (scheduled, from nothing): a prepared, DVC-tracked dataset (in dvc.lock, pushed to the remote).
+    prepared = project / "data" / "prepared" / "synthetic"
     assert (prepared / "manifest.json").exists()
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["prepare"]["outs"][0]["path"] == "data/prepared/synthetic"
     assert any((project.parent / "remote").rglob("*")), "dvc push left nothing in the remote"
-    assert first["data_version"].startswith("dvc:") and not first["data_cached"]
-    # A registered version with its aliases and metrics.
-    reg = first["registration"]
-    assert reg["version"] == "1" and {"candidate", "champion"} <= set(reg["aliases"])
-    metrics = json.loads((Path(first["evaluation"]) / "metrics.json").read_text())
-    assert "miou@1.5" in metrics and "fid@1.5" not in metrics  # FID skipped without Inception weights
+    data_version = _summary_field(one, "data version")
+    assert data_version.startswith("dvc:") and "(unchanged: preparation skipped)" not in one
+    assert data_version in one and "data:image/png;base64," in one, "the sample grid is not in the summary"
+    # A registered version with its aliases and metrics; the up-to-date run made no other.
     client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
-    assert str(client.get_model_version_by_alias("sdm-pipeline-test", "champion").version) == "1"
+    assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]
+    for alias in ("candidate", "champion"):
+        assert str(client.get_model_version_by_alias(MODEL, alias).version) == "1"
+    metrics = json.loads((Path(_summary_field(one, "checkpoint")).parent / "evaluation" / "metrics.json")
+                         .read_text())
+    # FID needs evaluate.min_fid_samples (10) images; the val split has 6.
+    assert "miou@1.5" in metrics and "fid@1.5" not in metrics
     manifest_mtime = (prepared / "manifest.json").stat().st_mtime
 
-    # Run 2: unchanged data -> preparation skipped; one transient MLflow failure -> retried.
+    # Run 2, in this process, forced: unchanged data -> preparation skipped; one transient MLflow failure ->
+    # retried. Trains on the session's Ray cluster (started only now: the serve process above ran its own).
+    request.getfixturevalue("ray_cluster")
     import sdm.registry.register as register_module
+    from flows.retrain import retrain
 
     real = register_module.register_checkpoint
     calls = {"n": 0}
@@ -107,22 +129,16 @@ def test_retrain_end_to_end_twice(project: Path, mlflow_uri: str, prefect_harnes
         return real(*args, **kwargs)
 
     monkeypatch.setattr(register_module, "register_checkpoint", flaky)
-    second = retrain(push=True, force=True)
-    assert second["data_cached"] and second["data_version"] == first["data_version"]
+    forced = retrain(push=True, force=True)
+    assert "-forced-" in forced["run_name"] and forced["plan"]["reason"].endswith("; --force")
+    assert forced["data_cached"] and forced["data_version"] == data_version
     assert (prepared / "manifest.json").stat().st_mtime == manifest_mtime
     assert calls["n"] == 2, "the failed registration was not retried"
-    assert second["registration"]["version"] == "2"
-    assert second["run_name"] != first["run_name"]
+    assert forced["registration"]["version"] == "2"
+    assert forced["run_name"] != re.match(r"# sdm retrain: (\S+)", one).group(1)
 
-    # The artifacts: a markdown summary per run with the data version and the promotion decision.
-    import asyncio
-
-    async def summaries() -> list[str]:
-        async with get_client() as c:
-            arts = await c.read_artifacts()
-            return [a.data for a in arts if a.key == "retrain-summary"]
-
-    docs = asyncio.run(summaries())
-    assert len(docs) >= 2
-    assert all(first["data_version"] in d for d in docs)
+    # Its markdown summary: the data version (unchanged) and the sample grid.
+    docs = [d for d in harness_summaries() if forced["run_name"] in d]
+    assert docs, "the forced run left no retrain-summary artifact"
+    assert all(data_version in d and "(unchanged: preparation skipped)" in d for d in docs)
     assert any("data:image/png;base64," in d for d in docs), "the sample grid is not in the summary"

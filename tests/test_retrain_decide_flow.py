@@ -1,6 +1,6 @@
 """The `retrain` flow decides first: resume an interrupted run, then up to date, then continue from the champion.
 
-One test on the tiny pipeline project of test_pipeline_flow.py (training is the expensive part, so
+One test on the tiny pipeline project of tests/_pipeline_project.py (training is the expensive part, so
 each run does one thing): an interrupted run (a checkpoint at pretrain step 2 of 4, no final) is
 resumed and registered as the champion; a rerun with nothing changed trains nothing and registers
 nothing; a data change (``data.synth.n`` in params.yaml) continues from the champion; an
@@ -9,7 +9,6 @@ architecture change would train from scratch (the plan, which needs no training 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from test_pipeline_flow import project, sh  # noqa: F401  (the project fixture)
+from _pipeline_project import harness_summaries, project, sh  # noqa: F401  (the project fixture)
 
 from sdm.config import resolve
 
@@ -38,18 +37,9 @@ def _set_params(proj: Path, **changes: object) -> None:
     sh(["git", "commit", "-qam", f"params: {changes}"], proj)
 
 
-def _summaries() -> list[str]:
-    from prefect.client.orchestration import get_client
-
-    async def read() -> list[str]:
-        async with get_client() as c:
-            return [a.data for a in await c.read_artifacts() if a.key == "retrain-summary"]
-
-    return asyncio.run(read())
-
-
 def test_retrain_resumes_then_is_up_to_date_then_continues(project: Path, mlflow_uri: str,  # noqa: F811
-                                                            prefect_harness: None) -> None:
+                                                            prefect_harness: None, ray_cluster: None) -> None:
+    """The two runs that train use the session's Ray cluster (one start, not one per run)."""
     from flows.retrain import retrain
     from sdm.data.version import data_version, run_dvc, stage_out
     from sdm.registry.retrain_plan import plan_retrain
@@ -86,7 +76,7 @@ def test_retrain_resumes_then_is_up_to_date_then_continues(project: Path, mlflow
     assert second["plan"]["reason"] == ("up to date: champion v1 was trained on this data, these params "
                                         "and this code")
     assert len(client.search_model_versions("name='sdm-pipeline-test'")) == 1
-    assert any("up to date: champion v1" in doc for doc in _summaries())
+    assert any("up to date: champion v1" in doc for doc in harness_summaries())
 
     # New data: continue from the champion for retrain.continue_steps (2 in TINY) finetune steps.
     _set_params(project, **{"data.synth.n": 28})
@@ -113,7 +103,7 @@ def test_retrain_resumes_then_is_up_to_date_then_continues(project: Path, mlflow
                                                                                         "comparison.md"}
     assert "| metric | challenger | champion v1 | change |" in v2.description
     assert any("## Champion vs challenger" in d and "![champion vs challenger](data:image/png;base64," in d
-               for d in _summaries())
+               for d in harness_summaries())
 
     # Another architecture: auto plans a scratch run and names the key (the plan alone: no training needed).
     _set_params(project, **{"model.model_channels": 16})

@@ -74,7 +74,8 @@ def test_sample_end_to_end(checkpoint: Path, tmp_path: Path) -> None:
     assert np.array_equal(grid[y : y + SIZE, 2 * gap + SIZE : 2 * gap + 2 * SIZE], sample)
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["sample"] == {"sampler": "ddim", "steps": 3, "guidance_scale": 2.0, "eta": 0.0, "seed": 4,
-                             "batch_size": 2}
+                             "batch_size": 2, "precision": "auto", "compile": "auto", "channels_last": "auto",
+                             "cache_budget_gb": 8.0}
     assert cfg["model"]["num_classes"] == CLASSES and cfg["model"]["image_size"] == [SIZE, SIZE]
     assert "wrote 3 samples" in result.output
 

@@ -41,7 +41,10 @@ def _final(root, name):
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_on_the_full_batch(tmp_path, monkeypatch):
     prepared = make_prepared(tmp_path / "data")
-    sets = ("train.pretrain.steps=4", "train.finetune.steps=2")
+    # fp32: the identity is promised there. Under bf16 autocast each worker's weight gradients come out of
+    # bf16 kernels rounded to bf16 before the all-reduce, so N workers differ from one by bf16 rounding
+    # (README: Training, "Resume"; measured in benchmarks/RESULTS.md).
+    sets = ("train.pretrain.steps=4", "train.finetune.steps=2", "train.precision=fp32")
     mp.spawn(_train, args=(2, prepared, tmp_path, "ddp", sets), nprocs=2, join=True)
     _train(0, 1, prepared, tmp_path, "single", sets)
     # The same run with other timesteps/noise (same init and data order): what a sharding bug would look like.

@@ -8,7 +8,17 @@ from sdm.env import apply_quiet_offline_env
 
 apply_quiet_offline_env()
 
-from sdm.cli import config_cmd, convert_cmd, data_cmd, evaluate_cmd, pipeline_cmd, register_cmd, sample_cmd, train_cmd  # noqa: E402
+from sdm.cli import (  # noqa: E402
+    config_cmd,
+    convert_cmd,
+    data_cmd,
+    doctor_cmd,
+    evaluate_cmd,
+    pipeline_cmd,
+    register_cmd,
+    sample_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     help="sdm: train, evaluate, version and ship semantic image synthesis diffusion models.",
@@ -21,6 +31,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(evaluate_cmd.app, name="evaluate")
 app.add_typer(pipeline_cmd.app, name="pipeline")
 app.command("convert-official")(convert_cmd.convert_official)
+app.command("doctor")(doctor_cmd.doctor)
 app.command("register")(register_cmd.register)
 app.command("sample")(sample_cmd.sample)
 app.command("train")(train_cmd.train)

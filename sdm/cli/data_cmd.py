@@ -116,6 +116,9 @@ def prepare(
     on_error: Annotated[str | None, typer.Option("--on-error", help="fail (write nothing) or skip (leave out, list "
                                                                     "in the manifest).")] = None,
     workers: WorkersOpt = None,
+    ray: Annotated[bool | None, typer.Option("--ray/--no-ray", help="Decode/check/resize on Ray tasks (the "
+                                             "RAY_ADDRESS cluster, else a local one); default: when RAY_ADDRESS "
+                                             "is set. Same shards byte for byte.")] = None,
     overwrite: OverwriteOpt = False,
     preset: PresetOpt = None,
     set_: SetOpt = None,
@@ -123,6 +126,8 @@ def prepare(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Check, resize and write a dataset as Parquet shards + manifest.json (+ config.yaml)."""
+    import os
+
     hw = None
     if size is not None:
         with user_errors():
@@ -140,7 +145,8 @@ def prepare(
         manifest = run_prepare(d.format, d.source, d.prepared, d.image_size, val_fraction=d.val_fraction,
                                split_seed=d.split_seed, on_error=d.on_error, shard_mb=d.shard_mb, workers=workers,
                                progress=True, extra_files={"config.yaml": _data_yaml(cfg)}, overwrite=overwrite,
-                               max_image_pixels=d.max_image_pixels)
+                               max_image_pixels=d.max_image_pixels,
+                               ray=bool(os.environ.get("RAY_ADDRESS", "").strip()) if ray is None else ray)
     counts = ", ".join(f"{s}: {n}" for s, n in manifest.counts.items())
     typer.echo(f"prepared {d.format} from {d.source} at {d.image_size[0]}x{d.image_size[1]} into {d.prepared} "
                f"({counts}; {len(manifest.shards)} shard(s))")

@@ -57,6 +57,11 @@ def evaluate(
                                                   "(default: the cached one for the data).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Sampling batch size.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    workers: Annotated[int | None, typer.Option("--workers", help="Spread the sampling over N Ray workers "
+                                                "(RAY_ADDRESS's cluster, else a local one); 1 = in this process "
+                                                "(default evaluate.workers). Same images and metrics.")] = None,
+    gpu: Annotated[bool | None, typer.Option("--gpu/--no-gpu", help="One GPU per Ray sampling worker (default "
+                                             "evaluate.use_gpu).")] = None,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the EMA weights when present.")] = True,
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log to the checkpoint's MLflow "
                                          "run.")] = True,
@@ -78,7 +83,8 @@ def evaluate(
                  if steps_sweep not in (None, "config") else None)
     cfg = load_config(preset, set_, params, [
         *flag_overrides("evaluate", guidance_scales=scales, steps_sweep=pairs, split=split, sampler=sampler,
-                        steps=steps, num_samples=num_samples, repeats=repeats, batch_size=batch_size),
+                        steps=steps, num_samples=num_samples, repeats=repeats, batch_size=batch_size,
+                        workers=workers, use_gpu=gpu),
         *flag_overrides("evaluate.segmenter", path=segmenter),
     ])
     dry_run_exit(cfg, dry_run)

@@ -125,7 +125,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return number
     if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        # YAML reads an unquoted true/false (from params.yaml or --set) as a boolean: a string setting whose
+        # choices are "true"/"false" (sample.compile) takes it as written.
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise ConfigError(f"{path}: expected a string, got {value!r}")
     return value

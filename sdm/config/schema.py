@@ -130,6 +130,16 @@ class SampleConfig:
     eta: float = _f(0.0, min=0.0, max=1.0)
     seed: int = 0
     batch_size: int = _f(8, min=1)
+    # Inference speed (sdm.precision, benchmarks/RESULTS.md): fp32 is the exact path; bf16 = autocast;
+    # auto = bf16 where the device runs it natively (CUDA with bf16, a CPU with AVX512-BF16/AMX), else fp32.
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16"))
+    # torch.compile of the U-Net forward (paid once per process and input shape) and channels-last layout;
+    # auto = only where measured to pay: so far nowhere (sdm.compiled; give "true"/"false" as strings).
+    compile: str = _f("auto", choices=("auto", "true", "false"))
+    channels_last: str = _f("auto", choices=("auto", "true", "false"))
+    # Upper bound of the SPADE cache per sampling call, in GB (1e9 bytes); 0 = unbounded. Past it the label
+    # maps are sampled in smaller chunks, or uncached when one label map alone is over it (sdm.spade_budget).
+    cache_budget_gb: float = _f(8.0, min=0.0)
 
 
 @dataclass
@@ -155,6 +165,9 @@ class TrainConfig:
     workers: int = _f(2, min=1)
     use_gpu: bool = False
     cpus_per_worker: int = _f(1, min=1)
+    # bf16 autocast around the loss (weights, gradients, AdamW and EMA stay fp32); fp32 = no autocast;
+    # auto = bf16 where the device runs it natively (sdm.precision.bf16_native: CUDA with bf16, a CPU with
+    # AVX512-BF16/AMX), else fp32 (bf16 emulated in software is slower: benchmarks/RESULTS.md).
     precision: str = _f("auto", choices=("auto", "fp32", "bf16"))
     ema_rate: float = _f(0.999, min=0.0, max=1.0)
     # Warm the EMA decay up as min(ema_rate, (1 + n) / (10 + n)) after n updates, so a short
@@ -211,6 +224,10 @@ class EvaluateConfig:
     # square (pytorch-fid: squashed to 299x299). The same for square images.
     fid_resize: str = _f("short_side", choices=("short_side", "square"))
     segmenter: SegmenterConfig = _f(factory=SegmenterConfig)
+    # Sampling spread over this many Ray workers (1: in the evaluating process); the images and metrics are the
+    # same for any number. use_gpu: one GPU per worker.
+    workers: int = _f(1, min=1)
+    use_gpu: bool = False
 
 
 @dataclass

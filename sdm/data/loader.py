@@ -9,11 +9,13 @@ number of DataLoader workers. Use it with ``DataLoader(shuffle=False)`` and
 call ``set_epoch(e)`` before each epoch (workers must be re-created per epoch,
 the default, for it to reach them).
 
-The rank's rows (PNG bytes) are read into memory once; with forked
-DataLoader workers that memory is shared. Every shard is first checked
-against the size and sha256 that manifest.json lists for it (once per
-process), so a flipped byte is an error naming the shard, never silently
-different training data.
+Rows are streamed, not loaded: opening reads the shards' footers and ids, and
+an item's PNG bytes are read with its Parquet row group, a couple of groups
+kept at a time (``sdm.data.stream``), so a worker's memory stays flat however
+big the split is and each rank reads only the row groups holding its rows.
+Every shard is first checked against the size and sha256 that manifest.json
+lists for it (a streaming hash, once per process), so a flipped byte is an
+error naming the shard, never silently different training data.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import torch
 from torch.utils.data import Dataset
 
 from sdm.data.manifest import read_manifest
-from sdm.data.shards import decode_png, read_rows, verify_shards
+from sdm.data.shards import decode_png, verify_shards
+from sdm.data.stream import DEFAULT_CACHE_GROUPS, ShardRows
 from sdm.data.transforms import train_augment
 from sdm.errors import InputError
 
@@ -51,6 +54,7 @@ class PreparedDataset(Dataset):
         random_crop: bool = True,
         random_flip: bool = True,
         crop_scale: tuple[float, float] | list[float] = (0.8, 1.0),
+        cache_groups: int = DEFAULT_CACHE_GROUPS,
     ):
         self.prepared_dir = Path(prepared_dir)
         self.manifest = read_manifest(self.prepared_dir)
@@ -66,9 +70,8 @@ class PreparedDataset(Dataset):
         verify_shards(self.prepared_dir, self.manifest, split)
         paths = [self.prepared_dir / f for f in self.manifest.shard_files(split)]
         columns = ["id", "image", "label"] + (["instance"] if self.has_instances else [])
-        table = read_rows(paths, columns)
-        self._ids: list[str] = table.column("id").to_pylist()
-        self._columns = {c: table.column(c).combine_chunks() for c in columns[1:]}
+        self._store = ShardRows(paths, columns[1:], cache_groups=cache_groups)
+        self._ids: list[str] = self._store.ids()
         self._transform = (
             train_augment(self.image_size, random_crop=random_crop, random_flip=random_flip,
                           crop_scale=(float(crop_scale[0]), float(crop_scale[1])))
@@ -104,7 +107,7 @@ class PreparedDataset(Dataset):
         return len(self._rows)
 
     def _bytes(self, column: str, row: int) -> np.ndarray:
-        return np.frombuffer(self._columns[column][row].as_buffer(), np.uint8)
+        return self._store.cell(column, row)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = int(self._rows[index])

@@ -1,7 +1,8 @@
 """Prepare a source dataset: check it, resize it, write Parquet shards + manifest.json.
 
 Order of work: list the files (pairing problems), then decode/check/resize
-every example on all cores (pixel problems), then write. With
+every example on all cores, or on Ray tasks over a cluster with ``ray=True``
+(``sdm.data.prepare_ray``: the same shards byte for byte), then write. With
 ``on_error="fail"`` any problem stops it and nothing is left at ``out``; with
 ``"skip"`` bad examples are left out and listed in the manifest. Output goes
 to a temp folder beside ``out`` that is swapped into place at the end (``sdm.atomic``).
@@ -107,6 +108,7 @@ def prepare(
     extra_files: dict[str, str] | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     overwrite: bool = False,
+    ray: bool = False,
 ) -> Manifest:
     """Prepare ``source`` (in format ``format_name``) into ``out`` at ``image_size`` = [H, W].
 
@@ -115,6 +117,7 @@ def prepare(
     ``extra_files`` (name -> text) are written into the output (the resolved config).
     An existing ``out`` is replaced only when sdm prepared it (or it is empty) unless ``overwrite``, never
     when it is or holds ``source`` (``sdm.output_folders``); one writer at a time (``sdm.locks``).
+    ``ray``: decode/check/resize on Ray tasks (``RAY_ADDRESS``'s cluster, else a local one); same output.
     """
     if on_error not in ("fail", "skip"):
         raise InputError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
@@ -127,12 +130,12 @@ def prepare(
         check_output_dir(out, PREPARED, overwrite=overwrite, sources=[source])
         return _prepare(fmt, source, out, size, val_fraction=val_fraction, split_seed=split_seed,
                         on_error=on_error, shard_mb=shard_mb, workers=workers, progress=progress,
-                        extra_files=extra_files, max_image_pixels=max_image_pixels, overwrite=overwrite)
+                        extra_files=extra_files, max_image_pixels=max_image_pixels, overwrite=overwrite, ray=ray)
 
 
 def _prepare(fmt: Format, source: Path, out: Path, size: tuple[int, int], *, val_fraction: float, split_seed: int,
              on_error: str, shard_mb: int, workers: int | None, progress: bool, extra_files: dict[str, str] | None,
-             max_image_pixels: int, overwrite: bool) -> Manifest:
+             max_image_pixels: int, overwrite: bool, ray: bool = False) -> Manifest:
     classes = load_classes(fmt, source)
     found = discover(fmt, source, classes.names)
     fatal = [p for p in found.problems if p.kind not in ITEM_KINDS]
@@ -166,8 +169,14 @@ def _prepare(fmt: Format, source: Path, out: Path, size: tuple[int, int], *, val
         check_only = threading.Event()
         if problems and on_error == "fail":
             check_only.set()
-        results = ordered_map(lambda it: _process(it, fmt, source, classes.num_classes, size, check_only,
-                                                  max_image_pixels), items, workers)
+        if ray:
+            from sdm.data.prepare_ray import ray_map_items
+
+            results = ray_map_items(_process, items, (fmt, source, classes.num_classes, size, max_image_pixels),
+                                    check_only)
+        else:
+            results = ordered_map(lambda it: _process(it, fmt, source, classes.num_classes, size, check_only,
+                                                      max_image_pixels), items, workers)
         for result in tqdm(results, total=len(items), desc=f"prepare {fmt.name}", unit="img", disable=not progress):
             if isinstance(result, Problem):
                 problems.append(result)

@@ -231,6 +231,25 @@ def stage_names(root: Path) -> list[str]:
     return list((data.get("stages") or {}).keys())
 
 
+# How long the remote gets to answer before `sdm data version` starts work it could not push.
+REMOTE_PROBE_TIMEOUT_S = 15.0
+
+
+def require_remote(root: Path) -> None:
+    """The default remote is configured and answers (``sdm.services.dvc_probe``), before any stage runs.
+
+    Not configured: a ServiceError (bad input, exit 2). No answer: a transient DataVersionError (the flows
+    retry it) in about REMOTE_PROBE_TIMEOUT_S, instead of a push that hangs until data.dvc_timeout_s."""
+    from sdm.services.dvc_probe import probe_dvc_remote
+
+    try:
+        probe_dvc_remote(root, timeout_s=REMOTE_PROBE_TIMEOUT_S, write=False)
+    except InputError as e:
+        if getattr(e, "transient", False):
+            raise DataVersionError(str(e), transient=True) from None
+        raise
+
+
 def repro_and_push(stage: str, root: Path, push: bool = True, timeout_s: float | None = None,
                    repro_timeout_s: float | None = None) -> dict[str, Any]:
     """``dvc repro <stage>`` (+ ``dvc push <stage>``); returns ``data_version_info`` of its output.
@@ -250,6 +269,8 @@ def repro_and_push(stage: str, root: Path, push: bool = True, timeout_s: float |
         data = resolve(params=params if params.is_file() else None).data
         timeout_s = data.dvc_timeout_s if timeout_s is None else timeout_s
         repro_timeout_s = data.dvc_repro_timeout_s if repro_timeout_s is None else repro_timeout_s
+    if push:
+        require_remote(root)
     run_dvc(["repro", stage], root, timeout_s=repro_timeout_s)
     if push:
         run_dvc(["push", "--with-deps", stage], root, timeout_s=timeout_s)

@@ -10,6 +10,10 @@ the official sampler give the same outputs:
   * SPADE cache: every SPADE gamma/beta depends only on the label map, never on
     x_t or t, so they are computed once per sampling call and reused at every step.
 ``batched_cfg=False, use_spade_cache=False`` is the official (plain) path.
+
+``precision``: ``fp32`` (the exact path: no autocast), ``bf16`` or ``auto`` (bf16 where the
+device runs it natively, ``sdm.precision``): the forwards and the cache build run under bf16
+autocast, so the SPADE cache is stored in bf16; the sampler's state x_t stays in its own dtype.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from torch import Tensor
 
 from sdm.conditioning import null_segmap_like
+from sdm.precision import autocast_context, resolve_precision
 
 
 def classifier_free_guidance(
@@ -58,8 +63,11 @@ class GuidedDenoiser:
         *,
         batched_cfg: bool = True,
         use_spade_cache: bool = True,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
+        self.precision = resolve_precision(precision, segmap.device)
+        self._device = segmap.device
         self.guidance_scale = float(guidance_scale)
         self.guided = self.guidance_scale != 1.0
         self.batched = batched_cfg and self.guided
@@ -69,18 +77,31 @@ class GuidedDenoiser:
         # A model that takes k label maps per x_t row (SDMUNet) runs its encoder once for cond and null.
         self.shares_encoder = bool(getattr(model, "shares_encoder", False))
         self.null = null_segmap_like(segmap) if self.guided else None
-        if self.batched:
-            # One label-map batch [cond; null] for every step, and its cache.
-            self.segmap_in = torch.cat([segmap, self.null])
-            self.cache = model.spade_cache(self.segmap_in) if use_spade_cache else None
-        else:
-            self.cache = model.spade_cache(segmap) if use_spade_cache else None
-            self.null_cache = model.spade_cache(self.null) if use_spade_cache and self.guided else None
+        with self._autocast():
+            if self.batched:
+                # One label-map batch [cond; null] for every step, and its cache.
+                self.segmap_in = torch.cat([segmap, self.null])
+                self.cache = model.spade_cache(self.segmap_in) if use_spade_cache else None
+            else:
+                self.cache = model.spade_cache(segmap) if use_spade_cache else None
+                self.null_cache = model.spade_cache(self.null) if use_spade_cache and self.guided else None
+
+    def _autocast(self) -> Any:
+        return autocast_context(self.precision, self._device)
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes of the SPADE cache(s) this denoiser holds (0 without a cache)."""
+        caches = [self.cache, getattr(self, "null_cache", None)]
+        return sum(int(getattr(c, "nbytes", 0)) for c in caches if c is not None)
 
     def _forward(self, x_t: Tensor, t: Tensor, segmap: Tensor, cache: Any) -> Tensor:
-        if cache is None:
-            return self.model(x_t, t, segmap).to(x_t.dtype)
-        return self.model(x_t, t, segmap, spade_cache=cache).to(x_t.dtype)
+        with self._autocast():
+            if cache is None:
+                out = self.model(x_t, t, segmap)
+            else:
+                out = self.model(x_t, t, segmap, spade_cache=cache)
+        return out.to(x_t.dtype)
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         if not self.guided:

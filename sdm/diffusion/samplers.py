@@ -210,6 +210,8 @@ def sample_loop(
     use_spade_cache: bool = True,
     clip_denoised: bool = True,
     channels: int = 3,
+    precision: str = "fp32",
+    stats: dict[str, Any] | None = None,
 ) -> Tensor:
     """Sample images for label maps with classifier-free guidance.
 
@@ -223,6 +225,9 @@ def sample_loop(
     noise: x_T [N, channels, H, W] to start from (overrides drawing it).
     batched_cfg / use_spade_cache: the exact speed-ups (see ``GuidedDenoiser``);
     both False is the official two-pass, uncached path.
+    precision: ``fp32`` (exact, no autocast), ``bf16`` or ``auto`` (``sdm.precision``): the network's
+    precision; x_t and the sampler's arithmetic stay in segmap's dtype.
+    stats: when given, gets ``cache_nbytes`` (the SPADE cache this call built) and ``precision`` (resolved).
     Returns x_0 [N, channels, H, W] in segmap's dtype, in [-1, 1] when clip_denoised.
     """
     if sampler not in SAMPLERS:
@@ -252,8 +257,12 @@ def sample_loop(
     indices = list(range(process.num_timesteps))[::-1]
     with torch.no_grad():
         denoiser = GuidedDenoiser(
-            model, segmap, guidance_scale, batched_cfg=batched_cfg, use_spade_cache=use_spade_cache
+            model, segmap, guidance_scale, batched_cfg=batched_cfg, use_spade_cache=use_spade_cache,
+            precision=precision,
         )
+        if stats is not None:
+            stats["cache_nbytes"] = denoiser.cache_nbytes
+            stats["precision"] = denoiser.precision
         return sample_fn(
             denoiser,
             process,

@@ -67,6 +67,9 @@ class EvalRequest:
     log_mlflow: bool = True
     device: str = "cpu"
     overwrite: bool = False
+    # Ray sampling workers (0: evaluate.workers; 1: in this process) and one GPU each (None: evaluate.use_gpu).
+    workers: int = 0
+    use_gpu: bool | None = None
 
 
 def primary_scale(config: Config) -> float:
@@ -85,12 +88,13 @@ def _resolve_segmenter(req: EvalRequest, config: Config, num_classes: int, log: 
 
 
 def _generate(model: Any, ckpt_config: Config, real: dict, config: Config, *, scale: float, sampler: str,
-              steps: int) -> tuple[np.ndarray, float]:
+              steps: int, pool: Any = None) -> tuple[np.ndarray, float]:
     """R samples per label map: uint8 [R, N, H, W, 3] and seconds per image.
 
     One ``generate`` call over the label maps tiled R times: sample r*N + i gets
     seed ``evaluate.seed + r*N + i``, so repeats never share noise, and every
-    guidance scale / sampler sees the same noise (paired comparisons).
+    guidance scale / sampler sees the same noise (paired comparisons). With a ``pool``
+    (``sdm.eval.ray_sampling.SamplingPool``) Ray workers run the same ``generate`` on slices: same images.
     """
     from sdm.sampling import generate
 
@@ -98,8 +102,13 @@ def _generate(model: Any, ckpt_config: Config, real: dict, config: Config, *, sc
     labels = np.concatenate([real["labels"]] * r)
     instances = np.concatenate([real["instances"]] * r) if real["instances"] is not None else None
     start = time.perf_counter()
-    images = generate(model, ckpt_config, labels, instances, guidance_scale=scale, sampler=sampler, steps=steps,
-                      seed=config.evaluate.seed, batch_size=config.evaluate.batch_size)
+    kwargs = {"guidance_scale": scale, "sampler": sampler, "steps": steps, "seed": config.evaluate.seed,
+              "batch_size": config.evaluate.batch_size,
+              # Inference speed settings (sample.precision etc.): bf16 only where the quality guard passed.
+              "precision": config.sample.precision, "compile": config.sample.compile,
+              "channels_last": config.sample.channels_last, "cache_budget_gb": config.sample.cache_budget_gb}
+    images = (generate(model, ckpt_config, labels, instances, **kwargs) if pool is None
+              else pool.generate(labels, instances, **kwargs))
     seconds = time.perf_counter() - start
     return images.reshape(r, n, *images.shape[1:]), seconds / (r * n)
 
@@ -166,12 +175,14 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     with atomic_dir(final, kind=EVALUATION, overwrite=req.overwrite, sources=_inputs(req),
                     source=Path(req.checkpoint).resolve(), marker={"data": str(Path(req.data).resolve())}) as tmp:
         results: dict[tuple[float, str, int], tuple[dict, dict, np.ndarray, float]] = {}
+        pool = _sampling_pool(req, config, log)
 
         def run(scale: float, sampler: str, steps: int, tag: str) -> tuple[dict, dict, np.ndarray, float]:
             key = (scale, sampler, steps)
             if key not in results:
                 log(f"sampling: guidance {format_scale(scale)}, {pair_name(sampler, steps)}")
-                samples, spi = _generate(model, ckpt_config, real, config, scale=scale, sampler=sampler, steps=steps)
+                samples, spi = _generate(model, ckpt_config, real, config, scale=scale, sampler=sampler, steps=steps,
+                                         pool=pool)
                 m, sk, pc = score_samples(samples, ref, segmenter, inception, kid=kid, batch_size=ev.batch_size)
                 report.save_samples(samples, real["ids"], tmp / "samples" / tag)
                 report.save_label_grid(real["labels"], real["images"], samples, manifest.palette,
@@ -179,22 +190,26 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
                 results[key] = (m, sk, pc, spi)
             return results[key]
 
-        for scale in scales:
-            g = format_scale(scale)
-            m, sk, pc, spi = run(scale, ev.sampler, ev.steps, f"guidance_{g}")
-            per_class[g] = pc
-            metrics.update({f"{k}@{g}": v for k, v in m.items()})
-            metrics[f"seconds_per_image@{g}"] = spi
-            skipped.update({f"{k}@{g}": v for k, v in sk.items()})
-            guidance_rows.append({"guidance_scale": g, **m, "seconds_per_image": spi})
-        g0 = primary_scale(config)
-        for sampler, steps in pairs:
-            name = pair_name(sampler, steps)
-            m, sk, _, spi = run(g0, sampler, steps, f"steps_{sampler}_{steps}")
-            metrics.update({f"steps/{name}/{k}": v for k, v in m.items()})
-            metrics[f"steps/{name}/seconds_per_image"] = spi
-            skipped.update({f"steps/{name}/{k}": v for k, v in sk.items()})
-            sweep_rows.append({"sampler": sampler, "steps": steps, **m, "seconds_per_image": spi})
+        try:
+            for scale in scales:
+                g = format_scale(scale)
+                m, sk, pc, spi = run(scale, ev.sampler, ev.steps, f"guidance_{g}")
+                per_class[g] = pc
+                metrics.update({f"{k}@{g}": v for k, v in m.items()})
+                metrics[f"seconds_per_image@{g}"] = spi
+                skipped.update({f"{k}@{g}": v for k, v in sk.items()})
+                guidance_rows.append({"guidance_scale": g, **m, "seconds_per_image": spi})
+            g0 = primary_scale(config)
+            for sampler, steps in pairs:
+                name = pair_name(sampler, steps)
+                m, sk, _, spi = run(g0, sampler, steps, f"steps_{sampler}_{steps}")
+                metrics.update({f"steps/{name}/{k}": v for k, v in m.items()})
+                metrics[f"steps/{name}/seconds_per_image"] = spi
+                skipped.update({f"steps/{name}/{k}": v for k, v in sk.items()})
+                sweep_rows.append({"sampler": sampler, "steps": steps, **m, "seconds_per_image": spi})
+        finally:
+            if pool is not None:
+                pool.close()
 
         primary = _primary_metric(config, metrics, g0)
         metrics = {k: _finite(v) if isinstance(v, float) else v for k, v in metrics.items()}
@@ -224,6 +239,18 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     # After the folder is in place: an MLflow outage then costs the logging, never the output.
     _maybe_log_mlflow(req, meta, metrics, final, config, log)
     return metrics_doc
+
+
+def _sampling_pool(req: EvalRequest, config: Config, log: Callable[[str], None]) -> Any:
+    """Ray sampling workers when more than one is asked for (``req.workers``, else ``evaluate.workers``)."""
+    workers = req.workers or config.evaluate.workers
+    if workers <= 1:
+        return None
+    from sdm.eval.ray_sampling import SamplingPool
+
+    use_gpu = config.evaluate.use_gpu if req.use_gpu is None else req.use_gpu
+    log(f"sampling on {workers} Ray workers" + (" (one GPU each)" if use_gpu else ""))
+    return SamplingPool(req.checkpoint, workers=workers, use_ema=req.use_ema, use_gpu=use_gpu)
 
 
 def _inputs(req: EvalRequest) -> list[Path]:

@@ -20,7 +20,8 @@ forward takes in place of the label map). Building the cache:
 
 Memory: ``2 * C * h * w`` floats per norm and row: in float32 about 1.9 GiB per
 label map at the paper's ADE20K config (256x256), 2.5 GiB at Cityscapes (256x512),
-3.5 MiB at the toy config.
+3.5 MiB at the toy config; half of that when built under bf16 autocast (``sample.precision``).
+``sample.cache_budget_gb`` bounds it (``sdm.spade_budget``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,16 @@ class SpadeCache:
     def batch_size(self) -> int:
         return self.segmap_shape[0]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached scales and shifts (the stored rows, in their dtype)."""
+        return sum(t.numel() * t.element_size() for t in (*self.scales, *self.shifts))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the modulations are stored in (the sampling precision's)."""
+        return self.scales[0].dtype if self.scales else torch.float32
+
     def modulate(self, norm: SPADEGroupNorm, normalized: torch.Tensor) -> torch.Tensor:
         """``normalized * (1 + gamma) + beta`` for ``norm``'s cached gamma/beta; normalized: [N,C,h,w]."""
         i = norm.cache_index
@@ -174,11 +185,17 @@ def _modulations_at(norms: Sequence[SPADEGroupNorm], seg: torch.Tensor) -> list[
     return out
 
 
+def spade_cache_bytes_per_row(norms: Sequence[SPADEGroupNorm], height: int, width: int, element_size: int) -> int:
+    """Bytes of one label map's cached (1 + gamma, beta) over ``norms`` at an H x W input: 2 * C * h * w each."""
+    return sum(2 * n.channels * (height // n.ds) * (width // n.ds) * element_size for n in norms)
+
+
 @torch.no_grad()
 def build_spade_cache(norms: Sequence[SPADEGroupNorm], segmap: torch.Tensor) -> SpadeCache:
     """Precompute every norm's modulation for segmap [N,K,H,W] (H, W divisible by each norm's ``ds``).
 
-    ``norms[i].cache_index`` must be i. For inference: no gradients flow into the cache.
+    ``norms[i].cache_index`` must be i. For inference: no gradients flow into the cache. Under bf16
+    autocast the convolutions return bf16, so the cache is stored in bf16 (half the memory of fp32).
     """
     for i, norm in enumerate(norms):
         if norm.cache_index != i:

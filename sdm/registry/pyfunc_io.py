@@ -167,6 +167,12 @@ def _number(params: dict[str, Any], name: str, default: Any, kind: type) -> Any:
         raise ModelInputError(f"param {name}={value!r} is not a{'n integer' if kind is int else ' number'}") from None
 
 
+def speed_options(sample: SampleConfig) -> dict[str, Any]:
+    """``generate``'s inference speed keywords from the ``sample`` section the model carries (not per request)."""
+    return {"precision": sample.precision, "compile": sample.compile, "channels_last": sample.channels_last,
+            "cache_budget_gb": sample.cache_budget_gb}
+
+
 def sampling_options(params: dict[str, Any] | None, sample: SampleConfig, limits: RequestLimits | None = None,
                      diffusion_steps: int | None = None) -> dict[str, Any]:
     """``generate`` keyword options from request params over the model's ``sample`` defaults.

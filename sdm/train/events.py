@@ -59,6 +59,16 @@ class Launching(Event):
 
 
 @dataclass(frozen=True)
+class WorkerPlaced(Event):
+    """Every Ray rank, as each attempt starts: the node it runs on (put straight on the driver's queue)."""
+
+    rank: int
+    world_size: int
+    node_id: str
+    node_ip: str
+
+
+@dataclass(frozen=True)
 class CheckpointSkipped(Event):
     """Rank 0, before training: resume passed over this checkpoint (corrupted, incomplete, unreadable)."""
 
@@ -263,6 +273,8 @@ class RunLog(Hook):
 
     def handle(self, event: Event) -> None:
         match event:
+            case WorkerPlaced(rank=rank, world_size=n, node_id=node_id, node_ip=ip):
+                self._append("worker", rank=rank, world_size=n, node_id=node_id, node_ip=ip)
             case CheckpointSkipped(path=path, reason=reason):
                 self._append("checkpoint_skipped", path=path, reason=reason)
             case PhaseStart(phase=p):
@@ -296,6 +308,9 @@ class MlflowLogger(Hook):
     def handle(self, event: Event) -> None:
         client, run_id, send = self.client, self.run_id, self.sender.submit
         match event:
+            case WorkerPlaced(rank=rank, node_id=node_id, node_ip=ip):
+                # A tag, not a param: a restarted worker group may land on other nodes.
+                send("tag", lambda: client.set_tag(run_id, f"sdm.worker.{rank}.node", f"{node_id} ({ip})"))
             case PhaseStart(phase=p):
                 send("tag", lambda: client.set_tag(run_id, "sdm.phase", p.name))
             case StepLog():

@@ -199,7 +199,8 @@ def train(
     run_dir = Path(config.train.storage_path) / run_name
     phases = resolve_phases(config, phase)
     init_path = Path(init_from) if init_from else None
-    pre = preflight(config, run_dir, workers=workers, phases=phases, init_from=init_path)
+    pre = preflight(config, run_dir, workers=workers, phases=phases, init_from=init_path, ray=not local,
+                    tracking=log_mlflow)
     Hooks(worker_hooks).handle(Launching(workers=workers, run_dir=run_dir))
     for note in pre.notes:
         say(f"[train] note: {note}")

@@ -26,6 +26,7 @@ from torch import nn
 
 from sdm.conditioning import apply_drop, make_segmap
 from sdm.config import Config, ConfigError, PhaseConfig, to_dict
+from sdm.precision import autocast_context as precision_autocast
 from sdm.train.checkpoint import CheckpointSink, TrainState
 from sdm.train.data_order import (
     DataOrder,
@@ -95,10 +96,10 @@ def grid_guidance_scale(config: Config, phase: PhaseInfo) -> float:
 
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA for ``auto``; fp32 (no autocast) on CPU for ``auto``."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    """train.precision around the loss: ``auto`` is bf16 autocast wherever the device runs bf16 natively
+    (CUDA with bf16; a CPU with AVX512-BF16 or AMX: ``sdm.precision.bf16_native``), fp32 elsewhere,
+    where bf16 would be emulated and slower. fp32 is no autocast at all (the exact path)."""
+    return precision_autocast(precision, device)
 
 
 @dataclass

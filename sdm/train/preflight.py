@@ -4,7 +4,9 @@
   from manifest.json's sha256;
 - the dataset's classes / image size differ from the model's;
 - the global batch does not split evenly over the workers, or exceeds the training split;
-- a resume (or ``--init-from``) whose model shape differs from this config.
+- a resume (or ``--init-from``) whose model shape differs from this config;
+- a ``RAY_ADDRESS`` that does not answer, or a node of a multi-node cluster that cannot see the data or the
+  run folder (``sdm.train.cluster_storage``).
 """
 
 from __future__ import annotations
@@ -107,8 +109,12 @@ def _data_part(version: str) -> str:
 
 
 def preflight(config: Config, run_dir: Path, *, workers: int, phases: list[str],
-              init_from: Path | None = None) -> Preflight:
-    """Run every check; returns what the launch needs (manifest, data version, resume point)."""
+              init_from: Path | None = None, ray: bool = True, tracking: bool = False) -> Preflight:
+    """Run every check; returns what the launch needs (manifest, data version, resume point).
+
+    ``ray`` (the run goes to Ray, not ``--local``): a ``RAY_ADDRESS`` must answer, and on a cluster of
+    several nodes every node must see data.prepared and train.storage_path. ``tracking`` (the run logs to
+    MLflow): the tracking store answers within a few seconds (``sdm.services.tracking_probe``)."""
     check_config(config, workers, phases)
     prepared = Path(config.data.prepared)
     manifest = read_manifest(prepared)
@@ -118,6 +124,18 @@ def preflight(config: Config, run_dir: Path, *, workers: int, phases: list[str],
     from sdm.data.version import data_version
 
     version = data_version(prepared)
+    if ray:
+        from sdm.train.cluster_storage import cluster_preflight
+
+        cluster_preflight(config.train.storage_path, config.data.prepared)
+    if tracking:  # the run logs to MLflow: a store that does not answer is an error now, not hours of untracked run
+        from sdm.services import NotChecked
+        from sdm.services.tracking_probe import probe_tracking
+
+        try:
+            probe_tracking(config, write=False)
+        except NotChecked:  # a store kind sdm cannot probe (e.g. databricks): MLflow's own errors will speak
+            pass
     resume, meta = check_resume(config, run_dir)
     notes: list[str] = []
     if resume is not None and meta is not None:

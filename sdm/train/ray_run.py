@@ -1,9 +1,11 @@
 """Training on Ray Train: the driver side (cluster, TorchTrainer, event relay) and what runs in each worker.
 
-Driver: ``RAY_ADDRESS`` set: connect to that cluster. Unset: start a local
-one sized to this machine. A ``TorchTrainer`` rerun with the same storage path
-and name resumes from its last checkpoint; a dead worker makes Ray restart the
-group from the latest checkpoint, up to ``train.max_failures`` times.
+Driver: ``RAY_ADDRESS`` set: connect to that cluster (probed first, ``sdm.train.ray_address``). Unset: start a
+new local one sized to this machine (never the cluster ``ray start`` left a pointer to). A ``TorchTrainer``
+rerun with the same storage path and name resumes from its last checkpoint; a dead worker makes Ray restart
+the group from the latest checkpoint, up to ``train.max_failures`` times; a group Ray cannot place again (a
+node lost, what is left too small) fails after ``PLACEMENT_RETRIES`` more tries instead of waiting forever.
+Each rank reports its node (``WorkerPlaced``) as each attempt starts.
 
 Workers: checkpoints keep our format (safetensors + JSON) inside the
 directories Ray Train manages (``<storage_path>/<run-name>/checkpoint-<phase>-<step>``):
@@ -42,13 +44,20 @@ from sdm.train.checkpoint import (
     write_train_state,
 )
 from sdm.train.distributed import WorkerContext, barrier
-from sdm.train.events import Event, Hook
+from sdm.train.events import Event, Hook, WorkerPlaced
+from sdm.train.ray_address import RayAddressError, probe_ray_address, ray_address
 from sdm.train.worker import WorkerPayload
 
 logger = logging.getLogger(__name__)
 
 # Ray Train V2 routes worker prints through logging as well as stdout; one copy is enough.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Seconds a RAY_ADDRESS may take to accept a TCP connection before the run is refused.
+PROBE_TIMEOUT_S = 5.0
+# Tries Ray Train gets to place the worker group (each up to RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, Ray's
+# default 60 s) before the run fails: Ray's own default is to wait forever when a node is lost and what is
+# left cannot hold the workers.
+PLACEMENT_RETRIES = 2
 
 
 class ClusterTooSmallError(InputError):
@@ -59,22 +68,47 @@ class TrainingFailed(RuntimeError):
     """Training failed after Ray's restarts were used up; the message has the workers' errors."""
 
 
+class ClusterLost(TrainingFailed):
+    """Ray could not place the worker group again (a node was lost and what is left cannot hold it)."""
+
+
 # ---- driver side -------------------------------------------------------------------------------------------
 
 
 def ensure_ray(verbose: bool = False) -> bool:
-    """Connect to ``RAY_ADDRESS`` or start a local cluster; True when this call started it."""
+    """Connect to ``RAY_ADDRESS`` or start a local cluster; True when this call started it (or connected).
+
+    Unset (or ``local``): always a new local cluster sized to this machine, even when ``ray start`` left a
+    cluster's address in Ray's temp folder (``ray.init()`` would follow that pointer; ``address="local"`` does
+    not). Set: the address is probed first (a bounded TCP connect), so one that does not answer is a
+    RayAddressError in seconds rather than Ray's long retries."""
     import ray
 
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
-    address = os.environ.get("RAY_ADDRESS", "").strip()
-    if address:
-        ray.init(address=address, **kwargs)
+    address = ray_address()
+    if address and address != "local":
+        probe_ray_address(address, PROBE_TIMEOUT_S)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as e:  # AuthenticationError is a RuntimeError
+            raise RayAddressError(connect_error(address, e)) from None
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **kwargs)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **kwargs)
     return True
+
+
+def connect_error(address: str, e: BaseException) -> str:
+    """The message for a cluster whose port answers but ``ray.init`` cannot join (token auth, versions)."""
+    first = (str(e).splitlines() or [""])[0][:300]
+    text = f"RAY_ADDRESS={address}: the port answers but Ray could not connect ({type(e).__name__}: {first})"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        # Ray 2.60 clusters started with `ray start` use token auth when a token exists, and a client given an
+        # explicit address only sends one when told to.
+        text += ("; if the cluster uses token authentication (`ray start` does when ~/.ray/auth_token exists), "
+                 "export RAY_AUTH_MODE=token with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
+    return text + "; the same Ray version must run on the cluster and here (`ray --version`)"
 
 
 def check_cluster(tc: TrainConfig) -> None:
@@ -94,11 +128,36 @@ def check_cluster(tc: TrainConfig) -> None:
     if not problems:
         return
     text = "the run needs " + "; ".join(problems)
-    if os.environ.get("RAY_ADDRESS", "").strip():
+    if ray_address() not in ("", "local"):
         logging.getLogger(__name__).warning("%s (waiting for the cluster to scale up)", text)
         return
     raise ClusterTooSmallError(text + ": use fewer --workers, lower train.cpus_per_worker, or set RAY_ADDRESS "
                                "to a bigger cluster")
+
+
+def _placement_failed(e: BaseException) -> bool:
+    """Did Ray Train give up placing the worker group (its start timed out or failed, every try)?"""
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupFailedError, WorkerGroupStartupTimeoutError
+
+    return isinstance(e, ControllerError) and isinstance(
+        e.controller_failure, (WorkerGroupStartupTimeoutError, WorkerGroupStartupFailedError))
+
+
+def cluster_lost_message(tc: TrainConfig) -> str:
+    """What was asked, what the cluster has now, and what to do: the run's checkpoints are kept."""
+    import ray
+
+    have = ray.cluster_resources()
+    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+    timeout = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
+    ask = f"{tc.workers} workers x {tc.cpus_per_worker:g} CPU" + (" + 1 GPU" if tc.use_gpu else "")
+    return (f"Ray could not place the run's {ask} ({tc.workers * tc.cpus_per_worker:g} CPUs"
+            + (f", {tc.workers} GPUs" if tc.use_gpu else "") + f") in {PLACEMENT_RETRIES + 1} tries of "
+            f"{timeout} s (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S): the cluster now has {have.get('CPU', 0):g} "
+            f"CPUs" + (f" and {have.get('GPU', 0):g} GPUs" if tc.use_gpu else "") + f" on {alive} "
+            f"alive node(s) (a node was lost?). The checkpoints are kept: rerun the same command once the "
+            f"cluster has room again (it resumes from the last checkpoint), or with fewer --workers")
 
 
 def build_trainer(payload: WorkerPayload, queue: Any) -> Any:
@@ -118,7 +177,7 @@ def build_trainer(payload: WorkerPayload, queue: Any) -> Any:
         run_config=RunConfig(
             name=payload.run_dir.name,
             storage_path=str(payload.run_dir.parent),
-            failure_config=FailureConfig(max_failures=tc.max_failures),
+            failure_config=FailureConfig(max_failures=tc.max_failures, controller_failure_limit=PLACEMENT_RETRIES),
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
@@ -210,6 +269,8 @@ def run_on_ray(payload: WorkerPayload, hooks: Hook, verbose: bool = False,
         try:
             result = trainer.fit()
         except TrainingFailedError as e:
+            if _placement_failed(e):
+                raise ClusterLost(cluster_lost_message(payload.config.train)) from None
             raise TrainingFailed(f"training failed after {payload.config.train.max_failures} restart(s) "
                                  f"(train.max_failures): {e}") from None
         finally:
@@ -286,6 +347,7 @@ def _resume_point(run_dir: Path) -> ResumePoint:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """The Ray Train function: ``run_worker`` with Ray's rank, device, checkpoint storage and event queue."""
+    import ray
     import ray.train
     import ray.train.torch
     import torch
@@ -297,6 +359,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if payload.config.train.use_gpu else torch.device("cpu")
     ctx = WorkerContext(rank=context.get_world_rank(), world_size=context.get_world_size(),
                         local_rank=context.get_local_rank(), device=device)
+    # Where this rank runs, for the run's record (train_log.jsonl, MLflow tags): one event per rank and attempt.
+    runtime = ray.get_runtime_context()
+    loop_config["queue"].put(WorkerPlaced(rank=ctx.rank, world_size=ctx.world_size, node_id=runtime.get_node_id(),
+                                          node_ip=ray.util.get_node_ip_address()))
     run_worker(payload, ctx=ctx, sink=RayCheckpointSink(ctx, payload.run_dir),
                hooks=QueueRelay(loop_config["queue"]) if ctx.is_main else None,
                resume=_resume_point(payload.run_dir))
