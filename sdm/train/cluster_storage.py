@@ -151,13 +151,18 @@ def check_cluster_storage(storage_path: str, prepared: str, timeout_s: float = C
 def cluster_preflight(storage_path: str, prepared: str) -> int:
     """With ``RAY_ADDRESS`` set: probe it (bounded), connect, check storage on every node, disconnect again
     if this call connected. Returns the number of nodes checked; 0 with no RAY_ADDRESS (a local cluster)."""
-    from sdm.train.ray_address import ray_address
+    from sdm.train.ray_address import probe_ray_address, ray_address
 
-    if ray_address() in ("", "local"):
+    address = ray_address()
+    if address in ("", "local"):
         return 0
     import ray
 
-    from sdm.train.ray_run import ensure_ray
+    from sdm.train.ray_run import PROBE_TIMEOUT_S, ensure_ray
+
+    # Probed here even when this process already holds a Ray connection (ensure_ray then keeps it): a
+    # RAY_ADDRESS that does not answer is an error before anything is written, whatever ran before.
+    probe_ray_address(address, PROBE_TIMEOUT_S)
 
     started = ensure_ray()
     try:
