@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from sdm.config import resolve
@@ -27,3 +29,23 @@ def make_toy_model(config: Config) -> SDMUNet:
     """The toy U-Net, seeded, every weight random."""
     torch.manual_seed(0)
     return perturbed(SDMUNet(config.model))
+
+
+@pytest.fixture(scope="module")
+def toy() -> Config:
+    """The toy preset's config, once per test module."""
+    return toy_config()
+
+
+@pytest.fixture(scope="module")
+def toy_model(toy: Config) -> SDMUNet:
+    """The toy U-Net with every weight random, once per test module."""
+    return make_toy_model(toy)
+
+
+def blocky_labels(config: Config, n: int, block: int, seed: int) -> np.ndarray:
+    """n random label maps int64 [n, H, W] in [0, num_classes), constant over block x block squares."""
+    h, w = config.model.image_size
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, config.model.num_classes, (n, h // block, w // block), generator=g)
+    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2).numpy()

@@ -34,6 +34,8 @@ os.environ["RAY_TMPDIR"] = str(_SESSION_HOME / "rt")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A real two-node Ray cluster (ray start head + a joined node), once per session: see tests/_ray_cluster.py.
+# The toy config and U-Net (every weight random), once per module, for the sampling tests.
+from _model_helpers import toy, toy_model  # noqa: E402, F401
 from _ray_cluster import ray_head, two_node_cluster  # noqa: E402, F401
 
 # A real MLflow tracking server (session-scoped) for outage tests: see tests/_servers.py.

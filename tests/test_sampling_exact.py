@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _model_helpers import make_toy_model, perturbed, toy_config
+from _model_helpers import perturbed
 
 from sdm.conditioning import make_segmap
 from sdm.config.schema import Config, ModelConfig
@@ -12,16 +12,6 @@ from sdm.diffusion import GaussianDiffusion, GuidedDenoiser, sample_loop
 from sdm.model import SDMUNet
 
 PATHS = [(True, True), (True, False), (False, True)]  # (batched_cfg, use_spade_cache); plain is (False, False)
-
-
-@pytest.fixture(scope="module")
-def toy() -> Config:
-    return toy_config()
-
-
-@pytest.fixture(scope="module", name="toy_model")
-def _toy_model(toy: Config) -> SDMUNet:
-    return make_toy_model(toy)
 
 
 @pytest.fixture(scope="module")

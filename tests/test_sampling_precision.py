@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _model_helpers import make_toy_model, toy_config
+from _model_helpers import blocky_labels
 
 from sdm.compiled import resolve_setting
 from sdm.config.schema import Config
@@ -14,23 +14,6 @@ from sdm.precision import autocast_context, bf16_native, resolve_precision
 from sdm.sampling import generate
 
 KW = dict(guidance_scale=1.5, sampler="ddim", steps=2, seed=11, eta=0.0, batch_size=2)
-
-
-@pytest.fixture(scope="module")
-def toy() -> Config:
-    return toy_config()
-
-
-@pytest.fixture(scope="module", name="toy_model")
-def _toy_model(toy: Config) -> SDMUNet:
-    return make_toy_model(toy)
-
-
-def _labels(config: Config, n: int) -> np.ndarray:
-    h, w = config.model.image_size
-    g = torch.Generator().manual_seed(5)
-    coarse = torch.randint(0, config.model.num_classes, (n, h // 8, w // 8), generator=g)
-    return coarse.repeat_interleave(8, 1).repeat_interleave(8, 2).numpy()
 
 
 def test_resolve_precision_follows_the_device() -> None:
@@ -52,7 +35,7 @@ def test_resolve_precision_follows_the_device() -> None:
 
 def test_bf16_samples_stay_close_to_fp32_from_the_same_seeds(toy: Config, toy_model: SDMUNet) -> None:
     """The quality guard on a small batch: same seeds, bf16 vs fp32, mean absolute pixel difference (0-255)."""
-    labels = _labels(toy, 2)
+    labels = blocky_labels(toy, 2, 8, 5)
     fp32_stats: dict = {}
     fp32 = generate(toy_model, toy, labels, precision="fp32", stats=fp32_stats, **KW)
     again = generate(toy_model, toy, labels, **KW)  # the default is the exact fp32 path
@@ -70,7 +53,7 @@ def test_bf16_samples_stay_close_to_fp32_from_the_same_seeds(toy: Config, toy_mo
 
 
 def test_channels_last_gives_the_same_images_and_restores_the_layout(toy: Config, toy_model: SDMUNet) -> None:
-    labels = _labels(toy, 2)
+    labels = blocky_labels(toy, 2, 8, 5)
     fp32 = generate(toy_model, toy, labels, **KW)
     cl = generate(toy_model, toy, labels, channels_last="true", **KW)
     assert np.abs(cl.astype(int) - fp32.astype(int)).max() <= 1  # a different conv kernel, same maths

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _model_helpers import make_toy_model, toy_config
 
 from sdm.conditioning import make_segmap
 from sdm.config import resolve
@@ -13,16 +12,6 @@ from sdm.config.schema import Config
 from sdm.diffusion import GaussianDiffusion
 from sdm.model import SDMUNet
 from sdm.sampling import SampleInputError, generate
-
-
-@pytest.fixture(scope="module")
-def toy() -> Config:
-    return toy_config()
-
-
-@pytest.fixture(scope="module", name="toy_model")
-def _toy_model(toy: Config) -> SDMUNet:
-    return make_toy_model(toy)
 
 
 def _labels(config: Config, n: int, seed: int = 0) -> torch.Tensor:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from _model_helpers import make_toy_model, toy_config
+from _model_helpers import blocky_labels
 
 from sdm.config.schema import Config
 from sdm.model import SDMUNet
@@ -15,25 +14,8 @@ from sdm.spade_budget import BYTES_PER_GB, cache_bytes_per_label_map, plan_cache
 KW = dict(guidance_scale=1.5, sampler="ddim", steps=3, seed=4, eta=1.0)
 
 
-@pytest.fixture(scope="module")
-def toy() -> Config:
-    return toy_config()
-
-
-@pytest.fixture(scope="module", name="toy_model")
-def _toy_model(toy: Config) -> SDMUNet:
-    return make_toy_model(toy)
-
-
-def _labels(config: Config, n: int) -> np.ndarray:
-    h, w = config.model.image_size
-    g = torch.Generator().manual_seed(3)
-    coarse = torch.randint(0, config.model.num_classes, (n, h // 4, w // 4), generator=g)
-    return coarse.repeat_interleave(4, 1).repeat_interleave(4, 2).numpy()
-
-
 def test_cache_size_per_label_map_matches_the_built_cache(toy: Config, toy_model: SDMUNet) -> None:
-    labels = _labels(toy, 1)
+    labels = blocky_labels(toy, 1, 4, 3)
     stats: dict = {}
     generate(toy_model, toy, labels, batch_size=1, stats=stats, **KW)
     # With guidance the cache holds [cond; null]: two rows of every norm's (1 + gamma, beta), fp32.
@@ -43,7 +25,7 @@ def test_cache_size_per_label_map_matches_the_built_cache(toy: Config, toy_model
 
 
 def test_a_tiny_budget_samples_in_chunks_with_identical_images(toy: Config, toy_model: SDMUNet) -> None:
-    labels = _labels(toy, 5)
+    labels = blocky_labels(toy, 5, 4, 3)
     unbounded: dict = {}
     reference = generate(toy_model, toy, labels, batch_size=5, stats=unbounded, **KW)
     per_map = unbounded["cache_bytes_per_label_map"]
@@ -57,7 +39,7 @@ def test_a_tiny_budget_samples_in_chunks_with_identical_images(toy: Config, toy_
 
 
 def test_a_budget_under_one_label_map_samples_uncached(toy: Config, toy_model: SDMUNet) -> None:
-    labels = _labels(toy, 2)
+    labels = blocky_labels(toy, 2, 4, 3)
     reference = generate(toy_model, toy, labels, batch_size=2, **KW)
     stats: dict = {}
     images = generate(toy_model, toy, labels, batch_size=2, cache_budget_gb=1e-9, stats=stats, **KW)
