@@ -69,6 +69,9 @@ def test_champion_evaluated_on_the_challengers_terms_once_per_data_version(
     assert evaluation_key(champion_ckpt, "dvc:0123456789ab@" + commit, cfg) != first.key
     assert evaluation_key(champion_ckpt, version, tiny_config(*SETTINGS, "evaluate.seed=1")) != first.key
     assert evaluation_key(challenger_ckpt, version, cfg) != first.key
+    # How the evaluation runs (workers, the SPADE cache bound) changes no image: the cached one is reused.
+    assert evaluation_key(champion_ckpt, version, tiny_config(*SETTINGS, "evaluate.workers=2",
+                                                               "sample.cache_budget_gb=0.5")) == first.key
 
     # Side by side: one row per label map (label | real | champion | challenger), 4 val maps at 3x.
     grid = comparison_grid(cfg, prepared, challenger_eval, first.eval_dir, tmp_path / "grid.png")

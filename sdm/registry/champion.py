@@ -48,11 +48,19 @@ def checkpoint_fingerprint(checkpoint: str | Path) -> str:
     return h.hexdigest()
 
 
+# Settings that change how an evaluation runs, never its images or figures: the sampling is cut into
+# per-worker slices seeded per sample (sdm.eval.ray_sampling), and a bounded SPADE cache samples the same
+# images in smaller chunks (sdm.spade_budget). A rerun with a new value reuses the cached evaluation.
+NO_FIGURE_KEYS = (("evaluate", "workers"), ("sample", "cache_budget_gb"))
+
+
 def evaluation_settings(config: Config) -> dict[str, Any]:
-    """The config an evaluation's figures depend on: the evaluate and sample sections, the rule's metric
-    (metrics.json names it as ``primary_metric``)."""
-    return {"evaluate": to_dict(config.evaluate), "sample": to_dict(config.sample),
-            "metric": config.register.promotion.metric}
+    """The config an evaluation's figures depend on: the evaluate and sample sections (less
+    ``NO_FIGURE_KEYS``), the rule's metric (metrics.json names it as ``primary_metric``)."""
+    sections = {"evaluate": to_dict(config.evaluate), "sample": to_dict(config.sample)}
+    for section, key in NO_FIGURE_KEYS:
+        sections[section].pop(key, None)
+    return {**sections, "metric": config.register.promotion.metric}
 
 
 def evaluation_key(checkpoint: str | Path, data_version: str, config: Config) -> str:
@@ -165,9 +173,15 @@ def evaluate_champion(config: Config, data: str | Path, data_version: str, *, na
         log(f"champion v{version}: reusing its evaluation on data {data_version} ({out})")
         return result
     log(f"champion v{version}: evaluating on data {data_version} with the challenger's settings")
+    from sdm.eval.ray_sampling import cluster_sampling
+
+    # As the challenger's evaluation (flows.tasks.evaluate_checkpoint): on a cluster (RAY_ADDRESS) the sampling
+    # is spread like training; the images are the same either way.
+    workers, use_gpu = cluster_sampling(config.evaluate.workers, config.evaluate.use_gpu, config.train.workers,
+                                        config.train.use_gpu)
     try:
         run_evaluation(EvalRequest(checkpoint=checkpoint, data=Path(data), out=out, log_mlflow=False,
-                                   device=device), config, log=log)
+                                   device=device, workers=workers, use_gpu=use_gpu), config, log=log)
     except EvaluationInputError as e:
         # The data changed under the champion (classes, image size): there is nothing to compare.
         log(f"champion v{version} cannot be evaluated on {data}: {e}")
