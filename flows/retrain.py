@@ -29,6 +29,8 @@ from flows.tasks import (
     check_overrides,
     compare_models,
     decide,
+    distill_model,
+    distill_wanted,
     evaluate_champion,
     evaluate_checkpoint,
     prepare_data,
@@ -113,6 +115,9 @@ def retrain(
                                      str(Path(trained["run_dir"]) / "comparison" / "grid.png"))
     registration = register_model(config, trained["checkpoint"], str(eval_dir / "metrics.json"), promote,
                                   plan.lineage_tags(), champion, comparison_grid)
+    # Optional (distill.in_retrain, off in the demo): a few-step student of the newly promoted champion.
+    distilled = (distill_model(config, f"models:/{registration['name']}/{registration['version']}", workers)
+                 if distill_wanted(config, registration) else None)
 
     result = {
         "run_name": run_name,
@@ -129,6 +134,8 @@ def retrain(
         "comparison_grid": comparison_grid or "",
         "tracking_uri": tracking_uri(config),
     }
+    if distilled is not None:
+        result["distilled"] = distilled
     summary = retrain_summary(result)
     grid = _grid(eval_dir)
     side_by_side = ("\n\n" + COMPARISON_COLUMNS + "\n\n" + image_markdown(comparison_grid, "champion vs challenger")
@@ -191,6 +198,8 @@ def retrain_summary(result: dict[str, Any]) -> str:
         f"- **model**: `models:/{reg.get('name', '?')}/{reg.get('version', '?')}`"
         f" aliases: {', '.join(reg.get('aliases', [])) or '-'}",
         f"- **promotion**: {reg.get('decision', '-')}" + (f": {reg['reason']}" if reg.get("reason") else ""),
+        *([f"- **distilled student** (distill.in_retrain): `{result['distilled']['model_uri']}` from "
+           f"`{result['distilled']['teacher']}`"] if result.get("distilled") else []),
         f"- **tracking URI**: `{result.get('tracking_uri', '?')}`",
         "",
         "## Metrics",

@@ -226,3 +226,28 @@ def register_model(config: Config, checkpoint: str, metrics_file: str, promote: 
             "decision": decision, "reason": getattr(promotion, "reason", ""),
             "metric": getattr(promotion, "metric", ""), "basis": getattr(promotion, "basis", ""),
             "champion_version": getattr(promotion, "champion_version", None), "comparison": result.comparison}
+
+
+def distill_wanted(config: Config, registration: dict[str, Any]) -> bool:
+    """The retrain flow distils the new version only when ``distill.in_retrain`` is on (off in the demo) and
+    the registration promoted it: a student of every challenger would cost a distillation per nightly run."""
+    from sdm.registry.promotion import PROMOTED
+
+    return bool(config.distill.in_retrain) and registration.get("decision") == PROMOTED
+
+
+@task(name="distill")
+def distill_model(config: Config, teacher_uri: str, workers: int | None = None) -> dict[str, Any]:
+    """Distil the promoted version ``teacher_uri`` (``models:/NAME/VERSION``) into a few-step student and register
+    it as a version of ``distill.model_name`` (``sdm.distill.run``). The run folder is named after the teacher
+    version, so a retried or rerun flow resumes the same distillation."""
+    from sdm.distill.run import distill
+
+    logger = get_run_logger()
+    name, _, version = teacher_uri.removeprefix("models:/").partition("/")
+    result = distill(config, teacher=teacher_uri, run_name=f"{name}-v{version}-distill-{config.distill.steps}",
+                     workers=workers, register=True, echo=logger.info)
+    reg = result.registered
+    return {"run_dir": str(result.run_dir), "checkpoint": str(result.final_dir), "teacher": result.teacher_uri,
+            "wall_time_s": result.wall_time_s, "name": reg.name if reg else "", "version": reg.version if reg else "",
+            "model_uri": reg.model_uri if reg else ""}

@@ -53,6 +53,7 @@ class CompiledUNet:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.shares_encoder = bool(getattr(model, "shares_encoder", False))
+        self.guidance_embedded = bool(getattr(model, "guidance_embedded", False))
         self._forward = torch.compile(model)
         self._seen: set[tuple] = set()
 
@@ -62,14 +63,16 @@ class CompiledUNet:
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.model.parameters()
 
-    def __call__(self, x_t: Tensor, t: Tensor, segmap: Tensor | None, spade_cache: Any = None) -> Tensor:
+    def __call__(self, x_t: Tensor, t: Tensor, segmap: Tensor | None, spade_cache: Any = None,
+                 **guidance: Any) -> Tensor:
+        """As the model's forward; ``guidance``: ``guidance_scale=w`` for a guidance-distilled student only."""
         autocast = torch.is_autocast_enabled(x_t.device.type)
         rows = spade_cache.segmap_shape[0] if spade_cache is not None else segmap.shape[0]  # type: ignore[union-attr]
         key = (tuple(x_t.shape), rows, x_t.dtype, autocast, spade_cache is None)
         if key in self._seen:
-            return self._forward(x_t, t, segmap, spade_cache=spade_cache)
+            return self._forward(x_t, t, segmap, spade_cache=spade_cache, **guidance)
         start = time.perf_counter()
-        out = self._forward(x_t, t, segmap, spade_cache=spade_cache)
+        out = self._forward(x_t, t, segmap, spade_cache=spade_cache, **guidance)
         if x_t.device.type == "cuda":
             torch.cuda.synchronize(x_t.device)
         COMPILE_LOG.append({"shape": list(x_t.shape), "rows": rows, "dtype": str(x_t.dtype), "autocast": autocast,

@@ -64,6 +64,24 @@ def validate_labels(labels: Any, config: Config, instances: Any = None) -> tuple
     return label_t, instance_t
 
 
+def check_sampling(config: Config, sampler: str, guidance_scale: float) -> None:
+    """Refuse (``InputError`` naming the checkpoint setting) what a model's config cannot sample.
+
+    ``distilled`` only for a guidance-distilled student (``model.guidance_embed``); a student only at guidance
+    scales inside the range it was distilled for (``distill.guidance_range``), whatever the sampler.
+    """
+    if sampler == "distilled" and not config.model.guidance_embed:
+        raise InputError("sampler 'distilled' is a distilled student's own (model.guidance_embed true in its "
+                         "config.json, written by `sdm distill`); this checkpoint has model.guidance_embed false: "
+                         "sample it with ddpm, ddim, dpmpp or dpmpp-sde")
+    if config.model.guidance_embed:
+        lo, hi = (float(w) for w in config.distill.guidance_range)
+        if not lo <= float(guidance_scale) <= hi:
+            raise InputError(f"guidance scale {float(guidance_scale):g} is outside the range this student was "
+                             f"distilled for: distill.guidance_range [{lo:g}, {hi:g}] in its config.json; "
+                             f"sample at a scale in [{lo:g}, {hi:g}]")
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[N, 3, H, W] float in [-1, 1] -> uint8 [N, H, W, 3] (values outside are clipped)."""
     scaled = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -104,6 +122,7 @@ def generate(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_sampling(config, sampler, guidance_scale)
     label_t, instance_t = validate_labels(labels, config, instances)
     param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     device = param.device if param is not None else torch.device("cpu")
@@ -111,8 +130,10 @@ def generate(
     use_compile = resolve_setting(compile, "compile", device)
     use_channels_last = resolve_setting(channels_last, "channels_last", device)
     element_size = torch.finfo(compute_dtype(precision, device)).bits // 8
-    plan = plan_cache(batch_size, cache_bytes_per_label_map(model, config.model.image_size, element_size,
-                                                            guidance_scale != 1.0), cache_budget_gb)
+    # A student takes the scale as input: one label map per row, no null branch to cache.
+    guided = guidance_scale != 1.0 and not config.model.guidance_embed
+    plan = plan_cache(batch_size, cache_bytes_per_label_map(model, config.model.image_size, element_size, guided),
+                      cache_budget_gb)
     net = compiled(model) if use_compile else model
     diffusion = GaussianDiffusion(config.diffusion, config.model.learn_sigma)
     largest_cache = 0

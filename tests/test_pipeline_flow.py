@@ -12,6 +12,11 @@ One test (the whole pipeline is the expensive part, so it runs from scratch once
    preparation, trains anyway in a fresh run folder (continuing from champion v1), survives one
    transient registration failure (Prefect retries the task) and registers version 2.
 
+3. Version 1 re-created from its lineage alone (issue 21): the runs above start from an uncommitted
+   params.yaml change, so no commit's dvc.lock names v1's data; the prepared data, the DVC cache and
+   v1's run folder are deleted, and `sdm reproduce models:/NAME/1` restores the data from the remote,
+   trains again on Ray (as the original) and ends on identical EMA weights.
+
 Unforced reruns after data / param changes (resume, continue): test_retrain_decide_flow.py.
 Every process the test starts is stopped by its pid (its own process group).
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -84,6 +90,10 @@ def test_retrain_scheduled_on_a_server_then_forced(project: Path, mlflow_uri: st
                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    request: pytest.FixtureRequest) -> None:
     url, env = prefect_server
+    # An uncommitted params.yaml change: the data it prepares is named by no commit (`sdm reproduce` below).
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["synth"]["seed"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     first, second = _scheduled_runs(project, url, env, tmp_path / "serve.log")
     print(f"scheduled runs: train {first['total_run_time']:.1f} s, up to date {second['total_run_time']:.1f} s")
     assert first["deployment_id"] and first["deployment_id"] == second["deployment_id"]
@@ -142,3 +152,24 @@ def test_retrain_scheduled_on_a_server_then_forced(project: Path, mlflow_uri: st
     assert docs, "the forced run left no retrain-summary artifact"
     assert all(data_version in d and "(unchanged: preparation skipped)" in d for d in docs)
     assert any("data:image/png;base64," in d for d in docs), "the sample grid is not in the summary"
+
+    # 3. Reproduce v1 (issue 21) from the registry, the MLflow run's reproduce/ record and the DVC remote.
+    from typer.testing import CliRunner
+
+    from sdm.cli import app
+    from sdm.registry.lineage import CHECKPOINT_SHA256_TAG
+
+    assert subprocess.run(["git", "status", "--porcelain", "--", "params.yaml", "dvc.lock"], cwd=project,
+                          capture_output=True, text=True, check=True).stdout.strip(), "nothing uncommitted"
+    v1 = client.get_model_version(MODEL, "1").tags
+    shutil.rmtree(prepared)
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(v1["lineage.train_run_path"])
+    out = tmp_path / "reproduced"
+    got = CliRunner().invoke(app, ["reproduce", f"models:/{MODEL}/1", "--out", str(out)])
+    assert got.exit_code == 0, got.output
+    assert "ray with 1 worker(s)" in got.output and "identical: the same weights, bit for bit" in got.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["identical"] and report["sha256"] == v1[CHECKPOINT_SHA256_TAG]
+    assert report["data_md5"].startswith(data_version.removeprefix("dvc:").split("@")[0])
+    assert (out / "data" / "manifest.json").is_file() and not prepared.exists()

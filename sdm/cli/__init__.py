@@ -12,10 +12,12 @@ from sdm.cli import (  # noqa: E402
     config_cmd,
     convert_cmd,
     data_cmd,
+    distill_cmd,
     doctor_cmd,
     evaluate_cmd,
     pipeline_cmd,
     register_cmd,
+    reproduce_cmd,
     sample_cmd,
     train_cmd,
 )
@@ -31,8 +33,10 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(evaluate_cmd.app, name="evaluate")
 app.add_typer(pipeline_cmd.app, name="pipeline")
 app.command("convert-official")(convert_cmd.convert_official)
+app.command("distill")(distill_cmd.distill)
 app.command("doctor")(doctor_cmd.doctor)
 app.command("register")(register_cmd.register)
+app.command("reproduce")(reproduce_cmd.reproduce)
 app.command("sample")(sample_cmd.sample)
 app.command("train")(train_cmd.train)
 

@@ -79,6 +79,20 @@ def flag_overrides(section: str, **flags: Any) -> list[str]:
     return [f"{section}.{key}={json.dumps(value, default=str)}" for key, value in flags.items() if value is not None]
 
 
+def given_keys(section: str, sets: Sequence[str] | None, **flags: Any) -> set[str]:
+    """The keys of ``section`` set on the command line: flags given (not None) and ``--set section.key=...``.
+
+    A distilled student's own sampler and steps replace params.yaml's, but never what the user typed here.
+    """
+    given = {key for key, value in flags.items() if value is not None}
+    prefix = f"{section}."
+    for item in sets or []:
+        key = item.split("=", 1)[0].strip()
+        if key.startswith(prefix):
+            given.add(key[len(prefix):].split(".", 1)[0])
+    return given
+
+
 def load_config(preset: str | None, sets: list[str] | None, params: Path = Path("params.yaml"),
                 flags: Sequence[str] = ()) -> Config:
     """The resolved config; later layers win: defaults < params.yaml < ``--preset`` < ``--set`` < ``flags``.

@@ -180,3 +180,45 @@ def version(
     if info.get("lock_uncommitted"):
         typer.echo("  dvc.lock changed: commit it to record this version (git add dvc.lock && git commit)")
 
+
+
+@app.command("checkout")
+def checkout(
+    version: Annotated[str, typer.Argument(help="A data version (dvc:<md5>@<commit>, as lineage.data_version "
+                                                "records; or an md5), or models:/NAME/VERSION | models:/NAME@ALIAS "
+                                                "(the data that version trained on).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to restore the prepared data into.")],
+    overwrite: OverwriteOpt = False,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Restore prepared data from the project's DVC remote by its content hash, whether or not a commit names it."""
+    import tempfile
+
+    from sdm.data.version import DataVersionError
+    from sdm.reproduce.checkout import DataCheckoutError, checkout_data
+
+    cfg = load_config(None, None, params)
+    with user_errors():
+        entry = None
+        if version.startswith("models:/"):
+            from sdm.reproduce.version import version_record
+
+            with tempfile.TemporaryDirectory(prefix="sdm-checkout-") as tmp:
+                rec = version_record(version, tmp, cfg, flag="VERSION")
+            data = rec.record["data"]
+            if not data.get("dvc_tracked"):
+                raise DataCheckoutError(f"VERSION {version}: its training data was not DVC-tracked: "
+                                        f"{data.get('reason', data.get('data_version'))}")
+            entry = data
+        try:
+            from sdm.data.version import find_dvc_root
+
+            # The project here, else (a models:/ version) the one that trained it, while it exists.
+            root = find_dvc_root(Path.cwd()) or (Path(entry["dvc_root"]) if entry and entry.get("dvc_root")
+                                                  and Path(entry["dvc_root"]).is_dir() else None)
+            result = checkout_data(version, out, root=root, entry=entry, overwrite=overwrite,
+                                   timeout_s=cfg.data.dvc_timeout_s, log=typer.echo)
+        except DataVersionError as e:  # DVC failed for another reason (an outage): exit 1, like `data version`
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"checked out {result.md5} ({result.files} files, verified) into {out}")

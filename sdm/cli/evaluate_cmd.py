@@ -21,6 +21,7 @@ from sdm.cli.common import (
     checkpoint_dir,
     dry_run_exit,
     flag_overrides,
+    given_keys,
     load_config,
     user_errors,
 )
@@ -97,6 +98,7 @@ def evaluate(
             checkpoint=checkpoint_dir(checkpoint), data=data or Path(cfg.data.prepared), out=out,
             steps_sweep=steps_sweep is not None, use_ema=ema, log_mlflow=mlflow,
             device=default_device() if device == "auto" else device, overwrite=overwrite,
+            sampling_given=tuple(sorted(given_keys("evaluate", set_, sampler=sampler, steps=steps))),
         )
         metrics = run_evaluation(request, cfg, log=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "skipped"}, indent=2))

@@ -1,12 +1,14 @@
 """``sdm sample``: label PNGs in, one sampled image per label map + a grid out.
 
     sdm sample --checkpoint DIR | --model models:/NAME@ALIAS --labels FILE_OR_DIR --out DIR [--guidance 1.5]
-               [--sampler ddpm|ddim|dpmpp|dpmpp-sde] [--steps N] [--seed S] [--batch-size B]
+               [--sampler ddpm|ddim|dpmpp|dpmpp-sde|distilled] [--steps N] [--seed S] [--batch-size B]
                [--instances FILE_OR_DIR] [--resize] [--crop] [--precision auto|fp32|bf16] [--compile auto|true|false]
 
 The model and diffusion settings come from the checkpoint's config.json; the
 sampling defaults (guidance, sampler, steps, seed, batch size, eta) from the
 ``sample`` section of params.yaml / --preset / --set, then the options here.
+A distilled student (``sdm distill``) samples with its own sampler and steps
+(``distilled``, K) unless --sampler / --steps (or --set sample.sampler/steps) say otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sdm.cli.common import (
     SetOpt,
     dry_run_exit,
     flag_overrides,
+    given_keys,
     load_config,
     user_errors,
 )
@@ -126,9 +129,12 @@ def sample(
         precision=precision, compile=compile_))
     # --model downloads the registered version's checkpoint; from here on both are the same code path.
     with user_errors(), labeled_checkpoint_source(checkpoint, model, run_cfg) as (checkpoint, made_from):
+        from sdm.distill.student import student_sampling
         from sdm.model import read_checkpoint_config
 
-        cfg = replace(read_checkpoint_config(checkpoint), sample=run_cfg.sample)
+        ckpt_cfg = read_checkpoint_config(checkpoint)
+        given = given_keys("sample", set_, sampler=sampler, steps=steps)
+        cfg = replace(ckpt_cfg, sample=student_sampling(run_cfg.sample, ckpt_cfg, given))
         if cfg.sample.steps > cfg.diffusion.steps:
             raise InputError(f"--steps {cfg.sample.steps}: the checkpoint's diffusion has {cfg.diffusion.steps} "
                              f"steps; sample with 1..{cfg.diffusion.steps}")

@@ -21,7 +21,8 @@ def _f(default: Any = None, *, factory: Any = None, **checks: Any) -> Any:
 
 # The names of sdm.diffusion.SAMPLERS (a test keeps the two equal); here so that
 # config validation does not import torch.
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp", "dpmpp-sde")
+# "distilled": a guidance-distilled student's own sampler (DDIM eta 0 on its grid, one pass per step; sdm.distill).
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp", "dpmpp-sde", "distilled")
 
 
 @dataclass
@@ -96,6 +97,10 @@ class ModelConfig:
     use_fp16: bool = False
     # Hidden channels of each SPADE norm's shared conv (128 in the paper).
     spade_hidden: int = _f(32, min=1)
+    # A guidance-distilled student (sdm.distill): the classifier-free guidance scale w is an input, embedded
+    # like the timestep and added to the time embedding, so one pass gives the guided output. False keeps the
+    # network (and its state-dict keys) exactly the official one.
+    guidance_embed: bool = False
 
     @property
     def out_channels(self) -> int:
@@ -264,7 +269,8 @@ class ServingConfig:
     # The guidance scale range accepted (the paper samples at 1.5; far above ~10 images saturate).
     min_guidance_scale: float = _f(0.0, min=0.0)
     max_guidance_scale: float = _f(10.0, min=0.0)
-    samplers: list[str] = _f(factory=lambda: list(SAMPLER_NAMES), subset_of=SAMPLER_NAMES)
+    # "distilled" only for a distilled student (sdm.distill.student_config adds it): other models refuse it.
+    samplers: list[str] = _f(factory=lambda: [s for s in SAMPLER_NAMES if s != "distilled"], subset_of=SAMPLER_NAMES)
 
 
 @dataclass
@@ -292,6 +298,29 @@ class RetrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Guided distillation (``sdm distill``; README: Few-step sampling).
+
+    Meng et al. 2023: stage one teaches a student that takes the guidance scale as input the teacher's
+    guided output in one pass; stage two halves its DDIM steps from ``start_steps`` down to ``steps``
+    (progressive distillation). ``start_steps`` must be ``steps * 2**r`` (checked by ``sdm distill``).
+    """
+
+    steps: int = _f(8, choices=(1, 2, 4, 8, 16))  # K: the student's sampling steps
+    start_steps: int = _f(64, min=2)  # stage two halves from this teacher grid down to K
+    guidance_range: list[float] = _f(factory=lambda: [1.0, 2.0], length=2)  # [w_min, w_max], drawn uniformly
+    guidance_train_steps: int = _f(400, min=1)  # stage one's training steps
+    halving_train_steps: int = _f(300, min=1)  # training steps of each halving round
+    lr: float = _f(1e-4, min=0.0)
+    model_name: str = ""  # the student's registered name; "" = <register.model_name>-distilled
+    in_retrain: bool = False  # the retrain flow distils the new champion after a promotion
+    # Set by `sdm distill` in each stage run's config (not user settings):
+    stage: str = _f("", choices=("", "guidance", "halve"))
+    teacher: str = ""  # absolute checkpoint dir of this stage's teacher
+    teacher_steps: int = _f(0, min=0)  # halve: the teacher's grid size (the student's is half)
+
+
+@dataclass
 class Config:
     """The whole resolved configuration (all params.yaml sections)."""
 
@@ -303,5 +332,6 @@ class Config:
     evaluate: EvaluateConfig = _f(factory=EvaluateConfig)
     register: RegisterConfig = _f(factory=RegisterConfig)
     retrain: RetrainConfig = _f(factory=RetrainConfig)
+    distill: DistillConfig = _f(factory=DistillConfig)
     # The preset this config started from (informational).
     preset: str = ""

@@ -247,7 +247,18 @@ class GaussianDiffusion:
         1 - abar[t_i] / abar[t_{i-1}]. Respacing an already respaced process
         composes the timestep maps.
         """
-        keep = space_timesteps(self.num_timesteps, steps)
+        return self.respace_to(space_timesteps(self.num_timesteps, steps))
+
+    def respace_to(self, keep: list[int]) -> GaussianDiffusion:
+        """The process restricted to the process indices ``keep`` (ascending, distinct, in 0..num_timesteps-1).
+
+        As ``respace`` with an explicit list: the distilled sampler's grid (``sdm.distill.targets.grid``).
+        The first kept index steps to x_0 (alphas_cumprod_prev = 1) wherever it sits.
+        """
+        keep = [int(k) for k in keep]
+        if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= self.num_timesteps:
+            raise InputError(f"cannot respace to timesteps {keep}: expected distinct ascending values in "
+                             f"0..{self.num_timesteps - 1}")
         alphas_cumprod = self.alphas_cumprod.numpy()[keep]
         prev = np.append(1.0, alphas_cumprod[:-1])
         betas = 1.0 - alphas_cumprod / prev

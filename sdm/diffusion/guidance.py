@@ -11,6 +11,9 @@ the official sampler give the same outputs:
     x_t or t, so they are computed once per sampling call and reused at every step.
 ``batched_cfg=False, use_spade_cache=False`` is the official (plain) path.
 
+A guidance-distilled student (``model.guidance_embedded``, ``sdm.distill``) takes the scale as an input:
+the denoiser then runs ONE pass per step, ``model(x_t, t, segmap, guidance_scale=s)``, for any sampler.
+
 ``precision``: ``fp32`` (the exact path: no autocast), ``bf16`` or ``auto`` (bf16 where the
 device runs it natively, ``sdm.precision``): the forwards and the cache build run under bf16
 autocast, so the SPADE cache is stored in bf16; the sampler's state x_t stays in its own dtype.
@@ -69,7 +72,9 @@ class GuidedDenoiser:
         self.precision = resolve_precision(precision, segmap.device)
         self._device = segmap.device
         self.guidance_scale = float(guidance_scale)
-        self.guided = self.guidance_scale != 1.0
+        # A student embeds the scale: one pass with it as input, no null branch.
+        self.embedded = bool(getattr(model, "guidance_embedded", False))
+        self.guided = self.guidance_scale != 1.0 and not self.embedded
         self.batched = batched_cfg and self.guided
         if use_spade_cache and not callable(getattr(model, "spade_cache", None)):
             raise TypeError(f"{type(model).__name__} has no spade_cache(segmap); sample with use_spade_cache=False")
@@ -96,11 +101,13 @@ class GuidedDenoiser:
         return sum(int(getattr(c, "nbytes", 0)) for c in caches if c is not None)
 
     def _forward(self, x_t: Tensor, t: Tensor, segmap: Tensor, cache: Any) -> Tensor:
+        # Only a student gets the keyword: other models (and stand-ins) keep their plain signature.
+        extra = {"guidance_scale": self.guidance_scale} if self.embedded else {}
         with self._autocast():
             if cache is None:
-                out = self.model(x_t, t, segmap)
+                out = self.model(x_t, t, segmap, **extra)
             else:
-                out = self.model(x_t, t, segmap, spade_cache=cache)
+                out = self.model(x_t, t, segmap, spade_cache=cache, **extra)
         return out.to(x_t.dtype)
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:

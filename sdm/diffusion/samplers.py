@@ -21,6 +21,8 @@ from torch import Tensor
 
 from sdm.diffusion.gaussian import GaussianDiffusion
 from sdm.diffusion.guidance import GuidedDenoiser
+from sdm.distill.targets import grid
+from sdm.errors import InputError
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 NoiseDraw = Callable[[], Tensor]
@@ -160,12 +162,30 @@ def dpmpp_2m_sample(
     return x
 
 
+def distilled_sample(
+    denoise: Denoiser,
+    process: GaussianDiffusion,
+    x: Tensor,
+    *,
+    indices: Iterable[int],
+    clip_denoised: bool = True,
+) -> Tensor:
+    """A guidance-distilled student's sampler: deterministic DDIM (eta 0), one denoiser call per step.
+
+    ``process``: the training process respaced to the student's grid (``sdm.distill.targets.grid``;
+    ``sample_loop`` does it for ``sampler="distilled"``), whose first index steps to x_0. x: x_T
+    [N, 3, H, W]; indices: the process indices, descending. Returns x_0 [N, 3, H, W] (x's dtype).
+    """
+    return ddim_sample(denoise, process, x, indices=indices, eta=0.0, clip_denoised=clip_denoised)
+
+
 # The names are sdm.config.schema.SAMPLER_NAMES (a test keeps the two equal).
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddpm": ddpm_sample,
     "ddim": ddim_sample,
     "dpmpp": dpmpp_2m_sample,
     "dpmpp-sde": partial(dpmpp_2m_sample, sde=True),
+    "distilled": distilled_sample,
 }
 
 
@@ -220,7 +240,9 @@ def sample_loop(
     diffusion: the training process (T steps); it is respaced to ``steps``.
     segmap: [N, C, H, W] float, the conditioning (one-hot + edges), on the model's device; its dtype
     is the sampling dtype (float32; float64 with a float64 model).
-    sampler: a key of ``SAMPLERS``; eta is DDIM's and ignored by the other samplers.
+    sampler: a key of ``SAMPLERS``; eta is DDIM's and ignored by the other samplers. ``distilled`` (a
+    guidance-distilled student's, ``model.guidance_embedded``) runs DDIM eta 0 on ``grid(steps)`` of the
+    training process instead of the evenly respaced one; a student runs one pass per step with any sampler.
     generator: one torch.Generator, or one per sample (noise per row), or None (global RNG).
     noise: x_T [N, channels, H, W] to start from (overrides drawing it).
     batched_cfg / use_spade_cache: the exact speed-ups (see ``GuidedDenoiser``);
@@ -234,7 +256,14 @@ def sample_loop(
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if segmap.ndim != 4:
         raise ValueError(f"segmap must be [N, C, H, W], got shape {tuple(segmap.shape)}")
-    process = diffusion.respace(steps)
+    if sampler == "distilled":
+        if not getattr(model, "guidance_embedded", False):
+            raise InputError("sampler 'distilled' needs a guidance-distilled student (model.guidance_embed true "
+                             "in its checkpoint's config.json, written by `sdm distill`); this model samples with "
+                             f"{', '.join(s for s in SAMPLERS if s != 'distilled')}")
+        process = diffusion.respace_to(grid(steps, diffusion.num_timesteps))
+    else:
+        process = diffusion.respace(steps)
     device = segmap.device
     # Sampling runs in the segmap's float dtype (float32 normally; float64 for exactness checks).
     dtype = segmap.dtype if segmap.dtype.is_floating_point else torch.float32

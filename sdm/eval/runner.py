@@ -70,6 +70,9 @@ class EvalRequest:
     # Ray sampling workers (0: evaluate.workers; 1: in this process) and one GPU each (None: evaluate.use_gpu).
     workers: int = 0
     use_gpu: bool | None = None
+    # The evaluate keys ("sampler", "steps") the user set explicitly: a distilled student's own sampler and
+    # steps replace the config's others (sdm.distill.student.student_sampling).
+    sampling_given: tuple[str, ...] = ()
 
 
 def primary_scale(config: Config) -> float:
@@ -140,6 +143,9 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     if weights is not None and not weights.is_file():  # a configured-but-missing file fails before any sampling
         load_configured_inception(config, device=req.device)
     model, ckpt_config = load_checkpoint(req.checkpoint, use_ema=req.use_ema, device=req.device)
+    config, pairs = _student_settings(config, ckpt_config, pairs, req)
+    ev = config.evaluate
+    _check_sampling(ckpt_config, config, scales, pairs)
     meta = read_checkpoint_meta(req.checkpoint)
     warnings = check_compatible(req.checkpoint, ckpt_config, req.data, manifest, meta)
     for w in warnings:
@@ -239,6 +245,35 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
     # After the folder is in place: an MLflow outage then costs the logging, never the output.
     _maybe_log_mlflow(req, meta, metrics, final, config, log)
     return metrics_doc
+
+
+def _student_settings(config: Config, ckpt_config: Config, pairs: list[tuple[str, int]],
+                      req: EvalRequest) -> tuple[Config, list[tuple[str, int]]]:
+    """A distilled student is evaluated with its own sampler and steps (unless given explicitly), and its steps
+    sweep starts with its own pair (``distilled:K``, the row the others are compared with); the configured
+    pairs follow, run by the student's single pass with the scale as input. Other checkpoints: unchanged."""
+    if not ckpt_config.model.guidance_embed:
+        return config, pairs
+    from dataclasses import replace
+
+    from sdm.distill.student import student_sampling
+
+    config = replace(config, evaluate=student_sampling(config.evaluate, ckpt_config, set(req.sampling_given)))
+    if pairs:
+        own = (ckpt_config.evaluate.sampler, ckpt_config.evaluate.steps)
+        pairs = [own, *(p for p in pairs if p != own)]
+    return config, pairs
+
+
+def _check_sampling(ckpt_config: Config, config: Config, scales: list[float], pairs: list[tuple[str, int]]) -> None:
+    """Before any sampling: every (sampler, scale) this evaluation runs is one the checkpoint can sample
+    (``distilled`` only for a student; a student only inside its distill.guidance_range)."""
+    from sdm.sampling import check_sampling
+
+    for scale in scales:
+        check_sampling(ckpt_config, config.evaluate.sampler, scale)
+    for sampler, _ in pairs:
+        check_sampling(ckpt_config, sampler, primary_scale(config))
 
 
 def _sampling_pool(req: EvalRequest, config: Config, log: Callable[[str], None]) -> Any:

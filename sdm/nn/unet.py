@@ -41,6 +41,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+# The guidance scale is embedded as sinusoids of w * GUIDANCE_EMBED_SCALE: scales of 0..10 (the serving range)
+# then span 0..100, where timestep_embedding's frequency ladder gives both oscillating and near-linear features
+# of w. On the stage-one overfit of tests/test_distill_student.py, 10 fitted the guided target closer than
+# 1 or 100 (gap at w = 1.5: 1.7e-4 against 2.7e-4 and 2.1e-4 after the same 200 steps).
+GUIDANCE_EMBED_SCALE = 10.0
+
+
+class GuidanceScaleError(InputError):
+    """A guidance scale given to a network without a guidance embedding, or missing for one with it."""
+
+
 class ImageSizeError(InputError):
     """An image / label map size the U-Net cannot halve the required number of times."""
 
@@ -107,6 +118,11 @@ class SDMUNet(nn.Module):
     interpolation v in [-1, 1] scale when learn_sigma). H and W must be
     multiples of 2**(len(channel_mult)-1); attention sits at the feature sizes
     (along the longer side) listed in ``attention_resolutions``.
+
+    With ``config.guidance_embed`` (a guidance-distilled student, ``sdm.distill``) forward also takes
+    ``guidance_scale`` (a float or [N] floats, required): it is embedded like the timestep (``guidance_embed``,
+    an MLP whose last Linear starts at zero, so a fresh student equals the network it was copied from) and
+    added to the time embedding. Without the flag the network and its state-dict keys are the official ones.
     """
 
     # forward accepts k label maps per x_t row (segmap of k*N rows) and runs the encoder once:
@@ -138,6 +154,9 @@ class SDMUNet(nn.Module):
             return AttentionBlock(ch, heads, config.num_head_channels, config.use_checkpoint)
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if config.guidance_embed:
+            self.guidance_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(),
+                                                zero_init(nn.Linear(emb_dim, emb_dim)))
 
         ch = chans[0]
         self.input_blocks = nn.ModuleList([Stage(nn.Conv2d(config.in_channels, ch, 3, padding=1))])
@@ -183,6 +202,33 @@ class SDMUNet(nn.Module):
             norm.cache_index = i
 
     @property
+    def guidance_embedded(self) -> bool:
+        """True for a guidance-distilled student: forward takes the guidance scale and gives the guided output."""
+        return bool(self.config.guidance_embed)
+
+    def _guidance_emb(self, guidance_scale: float | torch.Tensor | None, n: int, like: torch.Tensor
+                      ) -> torch.Tensor | None:
+        """The embedding [1 | N, emb_dim] of the scale(s) to add to the time embedding (None without the flag)."""
+        if not self.config.guidance_embed:
+            if guidance_scale is not None:
+                raise GuidanceScaleError("this network has no guidance embedding (model.guidance_embed is false): "
+                                         "it takes no guidance_scale; guide it with the conditional and null "
+                                         "passes (sdm.diffusion.GuidedDenoiser)")
+            return None
+        if guidance_scale is None:
+            raise GuidanceScaleError("this network embeds the guidance scale (model.guidance_embed is true): "
+                                     "forward needs guidance_scale (a float or [N] floats)")
+        w = torch.as_tensor(guidance_scale, dtype=torch.float32, device=like.device)
+        if w.ndim == 0:
+            w = w.reshape(1)
+        elif w.shape != (n,):
+            raise ValueError(f"guidance_scale must be a float or [N] = [{n}] floats, got shape {list(w.shape)}")
+        elif bool((w == w[0]).all()):
+            w = w[:1]  # one scale for the batch: embed once and broadcast, as for t
+        return self.guidance_embed(timestep_embedding(w * GUIDANCE_EMBED_SCALE, self.config.model_channels)
+                                   .to(like.dtype))
+
+    @property
     def spade_norms(self) -> list[SPADEGroupNorm]:
         return list(self._spade_norms)
 
@@ -217,8 +263,12 @@ class SDMUNet(nn.Module):
         return build_spade_cache(self._spade_norms, segmap.to(device=param.device, dtype=param.dtype))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, segmap: torch.Tensor | None,
-                spade_cache: SpadeCache | None = None) -> torch.Tensor:
+                spade_cache: SpadeCache | None = None,
+                guidance_scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """x_t [N,3,H,W], t [N], segmap [N,K,H,W] (may be None with a cache) -> [N, 6|3, H, W].
+
+        guidance_scale: only for a network with ``config.guidance_embed`` (and required there): w as a float
+        or [N] floats; the output is then the guided one for w in one pass.
 
         segmap (or the cache) may also hold k*N rows, k label maps per x_t row in k groups of N
         (classifier-free guidance: [cond; null]): the output is then [k*N, 6|3, H, W], row g*N + i for
@@ -242,6 +292,9 @@ class SDMUNet(nn.Module):
         # gives bit-identical outputs to two separate passes.
         t_emb = t[:1] if t.shape[0] > 1 and bool((t == t[0]).all()) else t
         emb = self.time_embed(timestep_embedding(t_emb, self.config.model_channels).to(x_t.dtype))
+        g_emb = self._guidance_emb(guidance_scale, x_t.shape[0], x_t)
+        if g_emb is not None:
+            emb = emb + g_emb
         skips = []
         h = x_t
         for block in self.input_blocks:

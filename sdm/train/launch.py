@@ -32,6 +32,7 @@ from sdm.config import Config, ConfigError, to_dict, write_resolved
 from sdm.registry.lineage import git_commit
 from sdm.tracking import bounded_http
 from sdm.train.events import ConsoleProgress, GuardedHooks, Hook, Hooks, Launching, MlflowLogger, RunLog
+from sdm.train.finished import finish_in_process, finished_resume_point
 from sdm.train.loop import resolve_phases
 from sdm.train.preflight import Preflight, preflight
 from sdm.train.worker import FINAL_DIR, WorkerPayload
@@ -199,18 +200,28 @@ def train(
     run_dir = Path(config.train.storage_path) / run_name
     phases = resolve_phases(config, phase)
     init_path = Path(init_from) if init_from else None
-    pre = preflight(config, run_dir, workers=workers, phases=phases, init_from=init_path, ray=not local,
-                    tracking=log_mlflow)
+    # A rerun with every planned step done trains nothing: final/ is exported here, no Ray cluster started
+    # or probed for it (sdm.train.finished).
+    done = None if local else finished_resume_point(config, run_dir, phases)
+    pre = preflight(config, run_dir, workers=workers, phases=phases, init_from=init_path,
+                    ray=not local and done is None, tracking=log_mlflow)
     Hooks(worker_hooks).handle(Launching(workers=workers, run_dir=run_dir))
     for note in pre.notes:
         say(f"[train] note: {note}")
     where = "this process" if local else f"{workers} Ray worker(s){' with GPUs' if use_gpu else ''}"
+    if done is not None:
+        where = "this process (every planned step is done: final checkpoint only, Ray not started)"
     steps = {p: getattr(config.train, p).steps for p in phases}
     planned = " + ".join(f"{p} {n} steps" for p, n in steps.items() if n)
     say(f"[train] run {run_name}: {planned} on {where}; run dir {run_dir}"
         + (f"; resuming from {pre.resume.name}" if pre.resume else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_resolved(config, run_dir, "config.yaml")
+    # What `sdm reproduce` needs to train this run again (sdm.reproduce.record), before any worker starts.
+    from sdm.reproduce.record import RECORD_DIR, record_run
+
+    record_dir = record_run(run_dir, config, pre.data_version, local=local, phases=phases, run_name=run_name,
+                            init_from=(init_label or str(init_path.resolve())) if init_path is not None else None)
 
     run_log = RunLog(run_dir)
     hooks: list[Hook] = [ConsoleProgress(say), run_log]
@@ -238,6 +249,7 @@ def train(
 
             sender = BestEffortSender(f"MLflow ({tracking_uri(config)})", warn, tracking_policy)
             hooks.append(MlflowLogger(client, run_id, sender))
+            sender.submit("artifacts", functools.partial(client.log_artifacts, run_id, str(record_dir), RECORD_DIR))
             say(f"[train] MLflow run {run_id}{' (continued)' if resumed else ''}")
     meta = {"run_name": run_name, "class_names": pre.manifest.class_names, "palette": pre.manifest.palette,
             "mlflow_run_id": run_id, "data_version": pre.data_version, "git_commit": git_commit()}
@@ -251,6 +263,8 @@ def train(
     try:
         if local:
             _run_local(payload, driver_hooks)
+        elif done is not None:
+            finish_in_process(payload, driver_hooks, done)
         else:
             from sdm.train.ray_run import run_on_ray
 

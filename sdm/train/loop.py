@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,6 +118,9 @@ class LoopParts:
     run_dir: Path
     data_version: str = ""
     sampler: SampleRenderer | None = None
+    # The per-sample losses of a batch: objective(net, x_start, t, segmap, noise) -> {"loss", "mse", "vb": [N]}.
+    # None = diffusion.training_losses (ordinary training); distillation passes sdm.distill's objective.
+    objective: Callable[..., dict[str, torch.Tensor]] | None = None
 
 
 class _Meter:
@@ -203,8 +206,11 @@ def train_phase(parts: LoopParts, phase: PhaseInfo, optimizer_state: dict[str, A
                                            drop_rate=phase_cfg.drop_rate)
         segmap = apply_drop(make_segmap(label, instance, cfg.model), drop.to(ctx.device))
         with autocast_context(tc.precision, ctx.device):
-            losses = parts.diffusion.training_losses(parts.net, x_start, t.to(ctx.device), segmap,
-                                                     noise=noise.to(ctx.device))
+            if parts.objective is None:
+                losses = parts.diffusion.training_losses(parts.net, x_start, t.to(ctx.device), segmap,
+                                                         noise=noise.to(ctx.device))
+            else:
+                losses = parts.objective(parts.net, x_start, t.to(ctx.device), segmap, noise.to(ctx.device))
         loss = losses["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

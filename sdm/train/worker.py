@@ -178,8 +178,14 @@ def run_training(
         net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     diffusion = GaussianDiffusion(config.diffusion, learn_sigma=config.model.learn_sigma)
     sampler = sampler_factory(model) if (sampler_factory is not None and ctx.is_main) else None
+    objective = None
+    if config.distill.stage:  # a stage of `sdm distill`: the loss against a frozen teacher (sdm.distill)
+        from sdm.distill.objective import make_objective
+
+        objective = make_objective(config, ctx.device)
     parts = LoopParts(config=config, ctx=ctx, model=model, net=net, ema=ema, diffusion=diffusion, dataset=dataset,
-                      sink=sink, hooks=hooks, run_dir=run_dir, data_version=data_version, sampler=sampler)
+                      sink=sink, hooks=hooks, run_dir=run_dir, data_version=data_version, sampler=sampler,
+                      objective=objective)
 
     first, start_step, optimizer_state = _start_point(plan, state)
     for i in range(first, len(plan)):

@@ -1,0 +1,104 @@
+"""A registered version -> its tags and the ``reproduce/`` record of the training run that made it.
+
+The record comes from the training run's MLflow artifacts (``reproduce/``); when the upload did not get
+through (tracking is best-effort for training) the run folder's own copy (``lineage.train_run_path``)
+is used while it still exists on this machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sdm.errors import InputError
+from sdm.registry.model_uri import ModelUriError, parse_model_uri
+from sdm.reproduce.record import RECORD_DIR, read_record
+from sdm.tracking import configure
+
+if TYPE_CHECKING:
+    from sdm.config import Config
+
+
+class NoRecordError(InputError):
+    """A version whose training run recorded nothing to reproduce it from."""
+
+
+@dataclass
+class VersionRecord:
+    """A registered version with its training run's record (``sdm.reproduce.record.read_record``)."""
+
+    name: str
+    version: str
+    uri: str
+    tags: dict[str, str]
+    run_id: str
+    folder: Path  # the downloaded (or the run folder's) reproduce/ folder
+    record: dict[str, Any]
+    source: str  # "mlflow" or "run folder"
+
+
+def resolve_version(uri: str, config: Config | None = None, flag: str = "MODEL") -> tuple[str, str, Any]:
+    """``models:/NAME/V`` or ``models:/NAME@ALIAS`` -> (name, version, the MLflow ModelVersion).
+
+    Unknown models, versions and aliases are a :class:`ModelUriError` saying what exists.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_uri(uri, flag)
+    store = configure(config)
+    client = mlflow.MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models(max_results=50))
+        raise ModelUriError(f"{flag} {uri}: no registered model {name!r} in {store} "
+                            f"(registered: {', '.join(known) or 'none'})") from None
+    if alias is not None:
+        if alias not in model.aliases:
+            have = ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "none"
+            raise ModelUriError(f"{flag} {uri}: model {name!r} has no alias {alias!r} (aliases: {have})")
+        version = str(model.aliases[alias])
+    try:
+        found = client.get_model_version(name, version)
+    except MlflowException:
+        raise ModelUriError(f"{flag} {uri}: model {name!r} has no version {version} in {store}") from None
+    return name, str(version), found
+
+
+def version_record(uri: str, dst: str | Path, config: Config | None = None, flag: str = "MODEL") -> VersionRecord:
+    """The version ``uri`` names and its training run's ``reproduce/`` record, downloaded under ``dst``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, version, found = resolve_version(uri, config, flag)
+    tags = dict(found.tags or {})
+    run_id = tags.get("lineage.train_mlflow_run_id", "unknown")
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    tried = []
+    if run_id not in ("", "unknown"):
+        try:
+            folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RECORD_DIR,
+                                                              dst_path=str(dst)))
+            return VersionRecord(name, version, uri, tags, run_id, folder, read_record(folder), "mlflow")
+        except (MlflowException, OSError) as e:
+            tried.append(f"the training run {run_id} has no readable {RECORD_DIR}/ artifacts "
+                         f"({type(e).__name__})")
+    else:
+        tried.append("the version records no training run (lineage.train_mlflow_run_id)")
+    run_path = tags.get("lineage.train_run_path", "")
+    local = Path(run_path) / RECORD_DIR if run_path and run_path != "unknown" else None
+    if local is not None and local.is_dir():
+        try:
+            copy = Path(shutil.copytree(local, dst / RECORD_DIR, dirs_exist_ok=True))
+            return VersionRecord(name, version, uri, tags, run_id, copy, read_record(copy), "run folder")
+        except FileNotFoundError as e:
+            tried.append(str(e))
+    else:
+        tried.append(f"the run folder {run_path or '(unknown)'} has no {RECORD_DIR}/")
+    raise NoRecordError(f"{flag} {uri}: version {version} of {name!r} cannot be reproduced: {'; '.join(tried)}. "
+                        "Versions trained before sdm recorded reproduce/ (or whose run folder is gone while "
+                        "tracking was down) lack what re-creation needs")
