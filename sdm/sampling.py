@@ -110,7 +110,8 @@ def generate(
     """Sample one image per label map: labels [N, H, W] int in 0..num_classes-1 -> uint8 [N, H, W, 3].
 
     Sample i starts from noise of its own generator seeded ``seed + i``, so the
-    images do not depend on ``batch_size``. ``instances`` [N, H, W] (any integer
+    images do not depend on ``batch_size`` (up to the CPU's conv rounding: AVX-512
+    kernels round by batch size, a uint8 step at a few pixels). ``instances`` [N, H, W] (any integer
     ids) give instance edges when the model uses them; without them the edges
     come from the label map itself.
 

@@ -85,9 +85,11 @@ def test_fast_path_gives_the_plain_images_fp32(toy: Config, toy_model: SDMUNet, 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp", "dpmpp-sde"])
 def test_every_path_agrees_in_float64(toy: Config, toy_model: SDMUNet, diffusion: GaussianDiffusion,
                                       sampler: str) -> None:
-    """In float64 every path gives the plain images bit for bit, one label map too: a difference is a logic error.
+    """In float64 every path gives the plain images to float64 rounding, one label map too: a logic error
+    shows as a difference of 1e-4 or more.
 
-    Torch's float64 CPU convs have no oneDNN kernels; they work row by row, so batch 1 and 2 round alike.
+    Whether batch 1 and batch 2 round alike in float64 depends on the CPU: they do on AVX2 machines (torch's
+    float64 convs work row by row there), and differ by ~1e-13 on AVX-512 ones (Sapphire Rapids, measured).
     """
     model = SDMUNet(toy.model).double()
     model.load_state_dict(toy_model.state_dict())
@@ -98,7 +100,10 @@ def test_every_path_agrees_in_float64(toy: Config, toy_model: SDMUNet, diffusion
     assert plain.dtype == torch.float64
     for batched, cached in PATHS:
         fast = _sample(model, diffusion, segmap, batched, cached, **kw)
-        assert torch.equal(fast, plain), (batched, cached)
+        assert (fast - plain).abs().max() <= 1e-10, (batched, cached)
+    # The guidance matters, so the agreement says something.
+    unguided = _sample(model, diffusion, segmap, True, True, **{**kw, "guidance_scale": 1.0})
+    assert (unguided - plain).abs().max() > 1e-3
 
 
 def test_non_square_model(toy: Config, diffusion: GaussianDiffusion) -> None:

@@ -35,7 +35,11 @@ def test_a_tiny_budget_samples_in_chunks_with_identical_images(toy: Config, toy_
     images = generate(toy_model, toy, labels, batch_size=5, cache_budget_gb=budget_gb, stats=bounded, **KW)
     assert bounded["chunk"] == 2 and bounded["use_spade_cache"]
     assert bounded["largest_cache_nbytes"] <= budget_gb * BYTES_PER_GB
-    np.testing.assert_array_equal(images, reference)
+    # Chunks of 2 run the convs on smaller batches: on AVX2 CPUs that rounds alike (equal images); AVX-512
+    # oneDNN kernels block by batch size and round differently, so a few values may move by one uint8 step
+    # (measured on Sapphire Rapids: 1 value of 15360). A chunking error would change whole images.
+    diff = np.abs(images.astype(int) - reference.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_a_budget_under_one_label_map_samples_uncached(toy: Config, toy_model: SDMUNet) -> None:
