@@ -86,6 +86,33 @@ def test_distilled_is_ddim_on_the_grid_with_one_pass_per_step(cfg: Any, diffusio
             - out).abs().max() > 1e-4
 
 
+def test_distilled_eta_draws_fresh_noise_each_step_reproducibly(cfg: Any, diffusion: GaussianDiffusion) -> None:
+    student = embedded_model(cfg, seed=1)
+    seg = segmaps(cfg, 2, seed=0)
+    x_T = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    process = diffusion.respace_to(grid(4))
+    with torch.no_grad():
+        den = GuidedDenoiser(student, seg, 1.5)
+        deterministic = ddim_sample(den, process, x_T, indices=[3, 2, 1, 0], eta=0.0)
+        g = torch.Generator().manual_seed(7)
+        noisy = ddim_sample(den, process, x_T, indices=[3, 2, 1, 0], eta=1.0,
+                            draw_noise=lambda: torch.randn(x_T.shape, generator=g))
+
+    def run(eta: float, seed: int, model: Any = student) -> torch.Tensor:
+        return sample_loop(model, diffusion, seg, sampler="distilled", steps=4, guidance_scale=1.5, eta=eta,
+                           noise=x_T, generator=torch.Generator().manual_seed(seed))
+
+    # eta 0 (the default): today's deterministic DDIM bit for bit, whatever the generator.
+    assert torch.equal(run(0.0, 7), deterministic) and torch.equal(run(0.0, 8), deterministic)
+    # eta > 0: DDIM's noise from the sampling generator after each step but the last, still one pass per step.
+    rec = Recorder(student)
+    out = run(1.0, 7, rec)
+    assert [c["t"] for c in rec.calls] == [[t, t] for t in reversed(grid(4))]
+    assert torch.allclose(out, noisy, atol=1e-6) and (out - deterministic).abs().max() > 1e-3
+    assert torch.equal(run(1.0, 7), out) and (run(1.0, 8) - out).abs().max() > 1e-3
+    assert (run(0.5, 7) - out).abs().max() > 1e-4
+
+
 def _x_before_last(student: torch.nn.Module, seg: torch.Tensor, x_T: torch.Tensor,
                    diffusion: GaussianDiffusion) -> torch.Tensor:
     """x_t fed to the last forward: the same sampling stopped one step early (3 steps of the 4-step grid)."""
@@ -196,6 +223,22 @@ def test_sdm_sample_uses_the_students_sampler_unless_told(student_dir: Path, tmp
     bad = _sample_cli("--checkpoint", student_dir, "--labels", labels, "--out", tmp_path / "bad", "--guidance", "5")
     assert bad.exit_code == 2 and "distill.guidance_range [1, 2]" in bad.output, bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_sdm_sample_passes_eta_to_the_distilled_sampler(student_dir: Path, tmp_path: Path) -> None:
+    labels = _write_labels(tmp_path / "labels")
+    images, etas = {}, {}
+    # The student's own eta (student_config: 1) unless the user sets one; --eta 1 is the same, reproducibly.
+    for name, extra in (("own", ()), ("eta0", ("--set", "sample.eta=0")), ("eta1", ("--eta", "1"))):
+        result = _sample_cli("--checkpoint", student_dir, "--labels", labels, "--out", tmp_path / name, *extra)
+        assert result.exit_code == 0 and "(distilled, 4 steps" in result.output, result.output
+        images[name] = {p.name: np.asarray(Image.open(p)) for p in sorted((tmp_path / name).glob("scene_*.png"))}
+        etas[name] = yaml.safe_load((tmp_path / name / "config.yaml").read_text())["sample"]["eta"]
+    assert etas == {"own": 1.0, "eta0": 0.0, "eta1": 1.0}
+    assert len(images["own"]) == 2 and images["eta0"].keys() == images["own"].keys() == images["eta1"].keys()
+    # eta 1 draws noise (other images than eta 0's), from the seed (the same images twice).
+    assert any((images["own"][k] != images["eta0"][k]).any() for k in images["own"])
+    assert all((images["eta1"][k] == images["own"][k]).all() for k in images["own"])
 
 
 def test_sdm_sample_refuses_distilled_on_a_plain_checkpoint(cfg: Any, tmp_path: Path) -> None:

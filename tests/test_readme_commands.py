@@ -44,6 +44,8 @@ TINY = [
     "evaluate.segmenter.steps=5", "evaluate.segmenter.batch_size=4", "evaluate.segmenter.width=8",
     "evaluate.min_fid_samples=10", "sample.steps=3", "sample.batch_size=4",
     "retrain.continue_steps=2",
+    # `sdm distill` (README: Few-step sampling): every stage 2 steps; the README's --steps 8 from start_steps 64.
+    "distill.guidance_train_steps=2", "distill.halving_train_steps=2",
     # The README's store, spelled relative: it resolves inside the copy (the sdm package lives elsewhere).
     "register.tracking_uri=sqlite:///mlflow/mlflow.db",
 ]

@@ -133,7 +133,7 @@ def sample(
         from sdm.model import read_checkpoint_config
 
         ckpt_cfg = read_checkpoint_config(checkpoint)
-        given = given_keys("sample", set_, sampler=sampler, steps=steps)
+        given = given_keys("sample", set_, sampler=sampler, steps=steps, eta=eta)
         cfg = replace(ckpt_cfg, sample=student_sampling(run_cfg.sample, ckpt_cfg, given))
         if cfg.sample.steps > cfg.diffusion.steps:
             raise InputError(f"--steps {cfg.sample.steps}: the checkpoint's diffusion has {cfg.diffusion.steps} "
