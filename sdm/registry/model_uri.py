@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sdm.errors import InputError
 from sdm.tracking import configure
@@ -44,11 +44,11 @@ def parse_model_uri(uri: str, flag: str = "--model") -> tuple[str, str | None, s
     return m["name"], m["alias"], m["version"]
 
 
-def checkpoint_from_registry(uri: str, dst: str | Path, config: Config | None = None,
-                             flag: str = "--model") -> RegistryCheckpoint:
-    """Download the checkpoint of the version ``uri`` names into ``dst``; clear errors for unknown names/aliases.
+def resolve_version(uri: str, config: Config | None = None, flag: str = "--model") -> tuple[str, str, Any]:
+    """``models:/NAME/V`` or ``models:/NAME@ALIAS`` -> (name, version, the MLflow ModelVersion).
 
-    ``flag`` names the input in the errors (``--model``, ``--init-from``, the champion).
+    Unknown models, versions and aliases are a :class:`ModelUriError` saying what exists; ``flag`` names the
+    input in the errors.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -67,11 +67,23 @@ def checkpoint_from_registry(uri: str, dst: str | Path, config: Config | None = 
             have = ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "none"
             raise ModelUriError(f"{flag} {uri}: model {name!r} has no alias {alias!r} (aliases: {have})")
         version = str(model.aliases[alias])
-    else:
-        try:
-            client.get_model_version(name, version)
-        except MlflowException:
-            raise ModelUriError(f"{flag} {uri}: model {name!r} has no version {version}") from None
+    try:
+        found = client.get_model_version(name, version)
+    except MlflowException:
+        raise ModelUriError(f"{flag} {uri}: model {name!r} has no version {version} in {store}") from None
+    return name, str(version), found
+
+
+def checkpoint_from_registry(uri: str, dst: str | Path, config: Config | None = None,
+                             flag: str = "--model") -> RegistryCheckpoint:
+    """Download the checkpoint of the version ``uri`` names into ``dst``; clear errors for unknown names/aliases.
+
+    ``flag`` names the input in the errors (``--model``, ``--init-from``, the champion).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, version, _ = resolve_version(uri, config, flag)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     # The resolved version, not the alias: the alias may move while we download.

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdm.errors import InputError
-from sdm.registry.model_uri import ModelUriError, parse_model_uri
+from sdm.registry.model_uri import resolve_version
 from sdm.reproduce.record import RECORD_DIR, read_record
-from sdm.tracking import configure
 
 if TYPE_CHECKING:
     from sdm.config import Config
@@ -37,35 +36,6 @@ class VersionRecord:
     folder: Path  # the downloaded (or the run folder's) reproduce/ folder
     record: dict[str, Any]
     source: str  # "mlflow" or "run folder"
-
-
-def resolve_version(uri: str, config: Config | None = None, flag: str = "MODEL") -> tuple[str, str, Any]:
-    """``models:/NAME/V`` or ``models:/NAME@ALIAS`` -> (name, version, the MLflow ModelVersion).
-
-    Unknown models, versions and aliases are a :class:`ModelUriError` saying what exists.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    name, alias, version = parse_model_uri(uri, flag)
-    store = configure(config)
-    client = mlflow.MlflowClient()
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        known = sorted(m.name for m in client.search_registered_models(max_results=50))
-        raise ModelUriError(f"{flag} {uri}: no registered model {name!r} in {store} "
-                            f"(registered: {', '.join(known) or 'none'})") from None
-    if alias is not None:
-        if alias not in model.aliases:
-            have = ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "none"
-            raise ModelUriError(f"{flag} {uri}: model {name!r} has no alias {alias!r} (aliases: {have})")
-        version = str(model.aliases[alias])
-    try:
-        found = client.get_model_version(name, version)
-    except MlflowException:
-        raise ModelUriError(f"{flag} {uri}: model {name!r} has no version {version} in {store}") from None
-    return name, str(version), found
 
 
 def version_record(uri: str, dst: str | Path, config: Config | None = None, flag: str = "MODEL") -> VersionRecord:
