@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -83,7 +84,8 @@ def test_reproduce_restores_the_data_and_ends_on_identical_weights(registered: d
     shutil.rmtree(repo / ".dvc" / "cache")
     shutil.rmtree(registered["run_dir"])
     out = tmp_path / "again"
-    got = CliRunner().invoke(app, ["reproduce", registered["uri"], "--out", str(out)])
+    # A relative --out, as the README gives it (the cwd is the repo).
+    got = CliRunner().invoke(app, ["reproduce", registered["uri"], "--out", os.path.relpath(out, repo)])
     assert got.exit_code == 0, got.output
     assert "identical: the same weights, bit for bit" in got.output and registered["sha256"] in got.output
     report = json.loads((out / "report.json").read_text())

@@ -185,7 +185,7 @@ def reproduce(uri: str, out: str | Path, config: Config | None = None, *, overwr
     from sdm.reproduce.version import version_record
     from sdm.train import train
 
-    out = Path(out)
+    out = Path(out).absolute()  # Ray storage and the trainer resolve paths; relative_to needs one form
     check_output_dir(out, REPRODUCTION, overwrite=overwrite)
     with tempfile.TemporaryDirectory(prefix="sdm-reproduce-") as scratch:
         rec = version_record(uri, scratch, config, flag="MODEL")
@@ -215,7 +215,8 @@ def reproduce(uri: str, out: str | Path, config: Config | None = None, *, overwr
                             init_label=init_label, log_mlflow=False, echo=log)
             sha256 = checkpoint_sha256(trained.final_dir)
             machine = machine_record(bool(run["use_gpu"]), cfg.train.precision)
-            result = ReproduceResult(uri=uri, out=out, checkpoint=out / trained.final_dir.relative_to(tmp),
+            final = out / trained.final_dir.resolve().relative_to(tmp.resolve())
+            result = ReproduceResult(uri=uri, out=out, checkpoint=final,
                                      expected_sha256=expected, sha256=sha256,
                                      recorded_machine=run.get("machine") or {}, machine=machine)
             if not result.identical and not result.same_machine:
