@@ -119,7 +119,8 @@ def test_guidance_one_equals_the_conditional_model_alone(diffusion: GaussianDiff
 # -- determinism and seeding ---------------------------------------------------
 
 @pytest.mark.parametrize("sampler,eta",
-                         [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp", 0.0), ("dpmpp-sde", 0.0)])
+                         [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp", 0.0), ("dpmpp-sde", 0.0),
+                          ("renoise", 0.0)])
 def test_same_seed_same_images(diffusion: GaussianDiffusion, sampler: str, eta: float) -> None:
     net = _net()
     seg = random_segmap(2, 5, 8, 8)
@@ -142,7 +143,7 @@ def test_deterministic_samplers_depend_only_on_x_T(diffusion: GaussianDiffusion,
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp-sde"])
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp-sde", "renoise"])
 def test_stochastic_samplers_use_fresh_noise_each_step(diffusion: GaussianDiffusion, sampler: str) -> None:
     net = _net()
     seg = random_segmap(1, 5, 8, 8)
@@ -164,9 +165,10 @@ def test_per_sample_generators_make_results_batch_independent(diffusion: Gaussia
     assert (together - alone).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp", "dpmpp-sde"])
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp", "dpmpp-sde", "renoise"])
 def test_eta_is_ddims_alone(diffusion: GaussianDiffusion, sampler: str) -> None:
-    """sample_loop passes a sampler only the knobs it takes: eta is DDIM's, the others ignore it."""
+    """sample_loop passes a sampler only the knobs it takes: eta is DDIM's (and a student's ``distilled``, on
+    DDIM), the others ignore it."""
     net = _net()
     seg = random_segmap(2, 5, 8, 8)
     a, b = (sample_loop(net, diffusion, seg, sampler=sampler, steps=4, eta=eta, generator=_gen(1)) for eta in (0, 1))

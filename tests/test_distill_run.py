@@ -90,14 +90,14 @@ def test_straight_run_writes_each_stage_and_a_student_with_its_lineage(straight,
         stage_cfg = json.loads((run / stage / "final" / "config.json").read_text())
         assert stage_cfg["train"]["phases"] == ["finetune"] and stage_cfg["train"]["finetune"]["steps"] == steps
         assert stage_cfg["train"]["finetune"]["drop_rate"] == 0.0
-        assert stage_cfg["sample"]["sampler"] == stage_cfg["evaluate"]["sampler"] == "distilled"
+        assert stage_cfg["sample"]["sampler"] == stage_cfg["evaluate"]["sampler"] == "renoise"
         assert stage_cfg["sample"]["steps"] == stage_cfg["evaluate"]["steps"] == own
     halve = json.loads((run / "halve-4" / "final" / "config.json").read_text())["distill"]
     # Each halving round's teacher is the previous stage's student.
     assert halve["stage"] == "halve" and halve["teacher_steps"] == 4
     assert halve["teacher"] == str(run / "guidance" / "final")
     model, cfg = load_checkpoint(straight.final_dir)
-    assert model.guidance_embedded and cfg.sample.sampler == "distilled" and cfg.sample.steps == 2
+    assert model.guidance_embedded and cfg.sample.sampler == "renoise" and cfg.sample.steps == 2
     assert cfg.distill.stage == "" and cfg.distill.teacher == ""
     meta = read_checkpoint_meta(straight.final_dir)["distill"]
     assert meta["teacher_uri"] == str(project["teacher"].resolve()) and meta["teacher_version"] == "none"
@@ -199,7 +199,7 @@ def test_student_registers_loads_through_models_uri_and_samples_with_its_sampler
     assert version.tags["lineage.teacher_version"] == "none"
     assert version.tags["lineage.teacher_checkpoint_sha256"] == _sha(project["teacher"] / "ema.safetensors")
     evaluation = json.loads((straight.run_dir / "evaluation" / "evaluation.json").read_text())
-    assert evaluation["sampler"] == "distilled" and evaluation["steps"] == 2
+    assert evaluation["sampler"] == "renoise" and evaluation["steps"] == 2
 
     labels = tmp_path / "labels"
     labels.mkdir()
@@ -210,7 +210,7 @@ def test_student_registers_loads_through_models_uri_and_samples_with_its_sampler
                                    "--no-progress", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     # No --sampler / --steps: the student's own (its config.json), one network pass per step.
-    assert "(distilled, 2 steps" in res.output, res.output
+    assert "(renoise, 2 steps" in res.output, res.output
     assert np.asarray(Image.open(tmp_path / "out" / "map_0.png")).shape == (32, 32, 3)
 
 
@@ -278,4 +278,4 @@ def test_stages_run_on_two_ray_workers(project, ray_cluster) -> None:
     for stage in ("guidance", "halve-4"):
         assert read_checkpoint_meta(result.run_dir / stage / "final")["world_size"] == 2
     model, cfg = load_checkpoint(result.final_dir)
-    assert model.guidance_embedded and cfg.sample.sampler == "distilled"
+    assert model.guidance_embedded and cfg.sample.sampler == "renoise"

@@ -1,8 +1,11 @@
-"""The ``distilled`` sampler and a student checkpoint through generate, ``sdm sample``, evaluation settings and
-the served model's options: its own sampler and steps with no extra flags, one network pass per step."""
+"""The ``distilled`` and ``renoise`` samplers and a student checkpoint through generate, ``sdm sample``,
+evaluation settings and the served model's options: its own sampler and steps with no extra flags, one network
+pass per step."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +128,44 @@ def _x_before_last(student: torch.nn.Module, seg: torch.Tensor, x_T: torch.Tenso
     return x
 
 
+def test_renoise_noises_the_x_start_prediction_afresh_each_step(cfg: Any, diffusion: GaussianDiffusion) -> None:
+    student = embedded_model(cfg, seed=1)
+    seg = segmaps(cfg, 2, seed=0)
+    x_T = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+
+    def run(seed: int, model: Any = student, sampler: str = "renoise") -> torch.Tensor:
+        return sample_loop(model, diffusion, seg, sampler=sampler, steps=4, guidance_scale=1.5, eta=1.0, noise=x_T,
+                           generator=torch.Generator().manual_seed(seed))
+
+    rec = Recorder(student)
+    out = run(7, rec)
+    # A student: one pass per step, on its grid(4), the scale as input.
+    assert [c["t"] for c in rec.calls] == [[t, t] for t in reversed(grid(4))]
+    assert all(c["n"] == 2 and c["rows"] == 2 and c["guidance_scale"] == 1.5 for c in rec.calls)
+    # By hand, from the forwards' outputs and the training process's abar: x_0 from eps (clipped), then
+    # x = sqrt(abar_next) x_0 + sqrt(1 - abar_next) z with z from the sampling generator; the last x_0 is the image.
+    g = torch.Generator().manual_seed(7)
+    abar = diffusion.alphas_cumprod.double()
+    timesteps = list(reversed(grid(4)))
+    x = x_T.double()
+    for n, (t, output) in enumerate(zip(timesteps, rec.outputs, strict=True)):
+        a = float(abar[t])
+        x_start = ((x - (1 - a) ** 0.5 * output[:, :3].double()) / a**0.5).clamp(-1, 1)
+        if n == len(timesteps) - 1:
+            break
+        a_next = float(abar[timesteps[n + 1]])
+        x = a_next**0.5 * x_start + (1 - a_next) ** 0.5 * torch.randn(x_T.shape, generator=g).double()
+    assert torch.allclose(out.double(), x_start, atol=1e-5)
+    # Reproducible from the seed; another seed, or DDIM with eta 1 on the same noise, gives other images.
+    assert torch.equal(run(7), out) and (run(8) - out).abs().max() > 1e-3
+    assert (run(7, sampler="distilled") - out).abs().max() > 1e-3
+    # Any model: a plain one runs it guided (2N rows) on the evenly respaced process, as the other samplers.
+    plain = Recorder(tiny_teacher(cfg))
+    run(7, plain)
+    assert [c["t"][0] for c in plain.calls] == diffusion.respace(4).timestep_map.tolist()[::-1]
+    assert all(c["rows"] == 4 for c in plain.calls)
+
+
 def test_a_student_runs_any_sampler_in_one_pass_per_step(cfg: Any, diffusion: GaussianDiffusion) -> None:
     rec = Recorder(embedded_model(cfg, seed=2))
     sample_loop(rec, diffusion, segmaps(cfg, 3, seed=1), sampler="dpmpp", steps=5, guidance_scale=1.7,
@@ -153,8 +194,11 @@ def test_distilled_sampler_and_scale_range_refusals(cfg: Any, diffusion: Gaussia
     from sdm.registry.pyfunc_io import ModelInputError, RequestLimits, sampling_options
 
     limits = RequestLimits.from_serving(scfg.register.serving)
-    assert sampling_options(None, scfg.sample, limits) == {"guidance_scale": 1.5, "sampler": "distilled",
-                                                           "steps": 8, "seed": 0}
+    assert sampling_options(None, scfg.sample, limits) == {"guidance_scale": 1.5, "sampler": "renoise",
+                                                           "steps": 8, "seed": 0, "eta": 1.0}
+    assert sampling_options({"sampler": "distilled", "eta": 0.0}, scfg.sample, limits)["eta"] == 0.0
+    with pytest.raises(ModelInputError, match=r"param eta=1.5 must be in \[0, 1\]"):
+        sampling_options({"eta": 1.5}, scfg.sample, limits)
     with pytest.raises(ModelInputError, match=r"guidance_scale=3.0 is outside this model's range \[1.0, 2.0\]"):
         sampling_options({"guidance_scale": 3.0}, scfg.sample, limits)
     with pytest.raises(ModelInputError, match="sampler='distilled' is not allowed"):
@@ -185,7 +229,7 @@ def test_student_checkpoint_generates_with_its_own_sampler(student_dir: Path) ->
     images = generate(rec, scfg, labels, guidance_scale=s.guidance_scale, sampler=s.sampler, steps=s.steps,
                       seed=3)
     assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.uint8
-    assert (s.sampler, s.steps) == ("distilled", 4) and len(rec.calls) == 4
+    assert (s.sampler, s.steps) == ("renoise", 4) and len(rec.calls) == 4
     assert [c["t"][0] for c in rec.calls] == list(reversed(grid(4)))
 
 
@@ -210,8 +254,8 @@ def test_sdm_sample_uses_the_students_sampler_unless_told(student_dir: Path, tmp
     result = _sample_cli("--checkpoint", student_dir, "--labels", labels, "--out", tmp_path / "own")
     assert result.exit_code == 0, result.output
     written = yaml.safe_load((tmp_path / "own" / "config.yaml").read_text())["sample"]
-    assert (written["sampler"], written["steps"]) == ("distilled", 4)
-    assert "(distilled, 4 steps, guidance 1.5" in result.output
+    assert (written["sampler"], written["steps"]) == ("renoise", 4)
+    assert "(renoise, 4 steps, guidance 1.5" in result.output
     # Explicit flags still win; the student runs the other sampler in one pass per step.
     result = _sample_cli("--checkpoint", student_dir, "--labels", labels, "--out", tmp_path / "ddim",
                          "--sampler", "ddim", "--steps", "3")
@@ -219,7 +263,7 @@ def test_sdm_sample_uses_the_students_sampler_unless_told(student_dir: Path, tmp
     assert "(ddim, 3 steps" in result.output
     result = _sample_cli("--checkpoint", student_dir, "--labels", labels, "--out", tmp_path / "s",
                          "--set", "sample.steps=2")
-    assert result.exit_code == 0 and "(distilled, 2 steps" in result.output, result.output
+    assert result.exit_code == 0 and "(renoise, 2 steps" in result.output, result.output
     bad = _sample_cli("--checkpoint", student_dir, "--labels", labels, "--out", tmp_path / "bad", "--guidance", "5")
     assert bad.exit_code == 2 and "distill.guidance_range [1, 2]" in bad.output, bad.output
     assert not (tmp_path / "bad").exists()
@@ -227,10 +271,16 @@ def test_sdm_sample_uses_the_students_sampler_unless_told(student_dir: Path, tmp
 
 def test_sdm_sample_passes_eta_to_the_distilled_sampler(student_dir: Path, tmp_path: Path) -> None:
     labels = _write_labels(tmp_path / "labels")
+    # A student distilled before `renoise` existed: its own sampler is `distilled` with its own eta (1).
+    older = tmp_path / "older"
+    shutil.copytree(student_dir, older)
+    config = json.loads((older / "config.json").read_text())
+    config["sample"]["sampler"] = "distilled"
+    (older / "config.json").write_text(json.dumps(config))
     images, etas = {}, {}
-    # The student's own eta (student_config: 1) unless the user sets one; --eta 1 is the same, reproducibly.
+    # The student's own eta unless the user sets one; --eta 1 is the same, reproducibly.
     for name, extra in (("own", ()), ("eta0", ("--set", "sample.eta=0")), ("eta1", ("--eta", "1"))):
-        result = _sample_cli("--checkpoint", student_dir, "--labels", labels, "--out", tmp_path / name, *extra)
+        result = _sample_cli("--checkpoint", older, "--labels", labels, "--out", tmp_path / name, *extra)
         assert result.exit_code == 0 and "(distilled, 4 steps" in result.output, result.output
         images[name] = {p.name: np.asarray(Image.open(p)) for p in sorted((tmp_path / name).glob("scene_*.png"))}
         etas[name] = yaml.safe_load((tmp_path / name / "config.yaml").read_text())["sample"]["eta"]
@@ -254,12 +304,14 @@ def test_evaluation_of_a_student_uses_its_own_pair_first(cfg: Any) -> None:
 
     scfg = student_config(cfg, DistillConfig(steps=8))
     req = EvalRequest(checkpoint=Path("x"), data=Path("d"), out=Path("o"))
-    pairs = [("ddpm", 1000), ("distilled", 8), ("dpmpp-sde", 25)]
+    pairs = [("ddpm", 1000), ("renoise", 8), ("dpmpp-sde", 25)]
     run_cfg, swept = _student_settings(cfg, scfg, pairs, req)
-    assert (run_cfg.evaluate.sampler, run_cfg.evaluate.steps) == ("distilled", 8)
-    assert swept == [("distilled", 8), ("ddpm", 1000), ("dpmpp-sde", 25)]
+    assert (run_cfg.evaluate.sampler, run_cfg.evaluate.steps, run_cfg.evaluate.eta) == ("renoise", 8, 1.0)
+    assert swept == [("renoise", 8), ("ddpm", 1000), ("dpmpp-sde", 25)]
     given = EvalRequest(checkpoint=Path("x"), data=Path("d"), out=Path("o"), sampling_given=("sampler",))
-    assert _student_settings(cfg, scfg, [], given)[0].evaluate.sampler == cfg.evaluate.sampler
+    # A sampler the user named keeps the run's eta (evaluate.eta, 0 here), not the student's.
+    assert (_student_settings(cfg, scfg, [], given)[0].evaluate.sampler,
+            _student_settings(cfg, scfg, [], given)[0].evaluate.eta) == (cfg.evaluate.sampler, 0.0)
     assert _student_settings(cfg, cfg, pairs, req) == (cfg, pairs)  # a plain checkpoint: unchanged
     with pytest.raises(InputError, match="model.guidance_embed false"):
         _check_sampling(cfg, cfg, [1.5], [("distilled", 8)])

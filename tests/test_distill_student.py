@@ -29,11 +29,13 @@ def test_student_config_names_its_own_sampler_and_range() -> None:
                                   "register.model_name=scenes")
     cfg = student_config(teacher, DistillConfig(steps=4, start_steps=16, guidance_range=[1.0, 2.0]))
     assert cfg.model == replace(teacher.model, guidance_embed=True)
-    assert (cfg.sample.sampler, cfg.sample.steps, cfg.sample.guidance_scale) == ("distilled", 4, 2.0)
-    assert (cfg.evaluate.sampler, cfg.evaluate.steps, cfg.evaluate.guidance_scales) == ("distilled", 4, [1.0, 1.5])
-    assert cfg.evaluate.steps_sweep[0] == "distilled:4" and cfg.evaluate.steps_sweep[1:] == teacher.evaluate.steps_sweep
+    assert (cfg.sample.sampler, cfg.sample.steps, cfg.sample.guidance_scale, cfg.sample.eta) == ("renoise", 4, 2.0, 1.0)
+    assert (cfg.evaluate.sampler, cfg.evaluate.steps, cfg.evaluate.guidance_scales) == ("renoise", 4, [1.0, 1.5])
+    assert cfg.evaluate.steps_sweep[:2] == ["renoise:4", "distilled:4"]
+    assert cfg.evaluate.steps_sweep[2:] == teacher.evaluate.steps_sweep
     serving = cfg.register.serving
-    assert "distilled" in serving.samplers and set(teacher.register.serving.samplers) <= set(serving.samplers)
+    assert {"distilled", "renoise"} <= set(serving.samplers)
+    assert set(teacher.register.serving.samplers) <= set(serving.samplers)
     assert (serving.min_guidance_scale, serving.max_guidance_scale) == (1.0, 2.0)
     assert cfg.register.model_name == "scenes-distilled" and cfg.distill.steps == 4
     assert student_config(teacher, DistillConfig(model_name="mine")).register.model_name == "mine"
@@ -52,12 +54,12 @@ def test_student_sampling_defaults_yield_to_what_the_user_gave() -> None:
     student = student_config(teacher, DistillConfig(steps=8))
     run = teacher.sample  # params.yaml's defaults: dpmpp-sde, 25
     assert (student_sampling(run, student, set()).sampler, student_sampling(run, student, set()).steps) == \
-        ("distilled", 8)
+        ("renoise", 8)
     assert student_sampling(run, student, {"steps"}).steps == run.steps
     assert student_sampling(run, student, {"sampler"}).sampler == run.sampler
     assert student_sampling(run, teacher, set()) == run  # not a student: unchanged
     ev = student_sampling(teacher.evaluate, student, set())
-    assert (ev.sampler, ev.steps) == ("distilled", 8)
+    assert (ev.sampler, ev.steps) == ("renoise", 8)
 
 
 @pytest.fixture(scope="module")

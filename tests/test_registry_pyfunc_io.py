@@ -23,7 +23,7 @@ def test_signature_shapes_params_and_example_match() -> None:
     assert [c.required for c in sig.inputs.inputs] == [True, False]
     assert sig.outputs.inputs[0].shape == (-1, 8, 8, 3) and sig.outputs.inputs[0].type == np.dtype("uint8")
     defaults = {p.name: p.default for p in sig.params.params}
-    assert defaults == {"guidance_scale": 2.0, "sampler": "ddim", "steps": 3, "seed": 0}
+    assert defaults == {"guidance_scale": 2.0, "sampler": "ddim", "steps": 3, "seed": 0, "eta": 0.0}
     example = input_example(cfg)
     labels, instances = parse_model_input(example, cfg)
     assert labels.shape == (1, 8, 8) and labels.max() < cfg.model.num_classes
@@ -57,7 +57,8 @@ def test_bad_rows_are_clear_errors(frame: pd.DataFrame, problem: str) -> None:
 
 def test_sampling_options_defaults_and_checks() -> None:
     sample = tiny_config().sample
-    assert sampling_options(None, sample) == {"guidance_scale": 1.5, "sampler": "ddim", "steps": 1, "seed": 0}
+    assert sampling_options(None, sample) == {"guidance_scale": 1.5, "sampler": "ddim", "steps": 1, "seed": 0,
+                                              "eta": 0.0}
     assert sampling_options({"steps": 4, "seed": 9}, sample)["steps"] == 4
     with pytest.raises(ModelInputError, match="sampler='euler' is not one of ddpm, ddim, dpmpp"):
         sampling_options({"sampler": "euler"}, sample)

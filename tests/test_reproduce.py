@@ -173,6 +173,47 @@ def test_different_weights_fail_on_the_same_machine_kind_and_are_evaluated_on_an
     assert (tmp_path / "other" / "evaluation" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
+def test_the_record_by_alias_from_mlflow_else_from_the_run_folder(registered: dict, tmp_path: Path,
+                                                                    mlflow_uri: str) -> None:
+    from urllib.parse import unquote, urlparse
+
+    from sdm.reproduce.version import NoRecordError, version_record
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    client.set_registered_model_alias(NAME, "champion", "1")
+    alias = f"models:/{NAME}@champion"
+    def same(record: dict) -> bool:
+        """The recorded content (code.diff's path is where it was downloaded to: its bytes must match)."""
+        diff, want = record.get("diff_path"), expected.get("diff_path")
+        rest = [{k: v for k, v in r.items() if k != "diff_path"} for r in (record, expected)]
+        return rest[0] == rest[1] and (diff is None) == (want is None) and (
+            diff is None or diff.read_bytes() == want.read_bytes())
+
+    expected = read_record(registered["run_dir"] / "reproduce")
+    found = version_record(alias, tmp_path / "a")
+    assert (found.source, found.version) == ("mlflow", "1") and same(found.record)
+
+    # `sdm data checkout` by alias: the data that version trained on.
+    got = CliRunner().invoke(app, ["data", "checkout", alias, "--out", str(tmp_path / "data")])
+    assert got.exit_code == 0, got.output
+    assert digests(tmp_path / "data") == digests(registered["repo"] / "data" / "prepared" / "synthetic")
+
+    # The MLflow run lost its reproduce/ artifacts (tracking was down when it trained): the run folder's copy.
+    artifact_uri = client.get_run(registered["run_id"]).info.artifact_uri
+    artifacts = Path(unquote(urlparse(artifact_uri).path)) if artifact_uri.startswith("file:") else Path(artifact_uri)
+    assert (artifacts / "reproduce" / "code.json").is_file(), artifact_uri
+    shutil.rmtree(artifacts / "reproduce")
+    found = version_record(alias, tmp_path / "b")
+    assert found.source == "run folder" and same(found.record)
+    assert found.folder.is_relative_to(tmp_path / "b")
+
+    # Neither: a named error that says what was tried.
+    shutil.rmtree(registered["run_dir"] / "reproduce")
+    with pytest.raises(NoRecordError, match=r"has no readable reproduce/ artifacts.*run folder .* has no reproduce/"):
+        version_record(alias, tmp_path / "c")
+
+
 def test_data_version_strings_and_the_verdict(tmp_path: Path) -> None:
     """Fast: which version strings name DVC data, and what each comparison of weights means."""
     from sdm.reproduce.checkout import DataCheckoutError, parse_data_version

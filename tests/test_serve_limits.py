@@ -70,7 +70,7 @@ def test_the_registered_model_refuses_requests_over_each_limit(mlflow_uri: str, 
 def test_limits_default_for_versions_registered_before_them_and_are_checked_when_stored() -> None:
     limits = RequestLimits.from_model_config(None)
     assert (limits.max_rows, limits.max_steps, limits.max_guidance_scale) == (16, 1000, 10.0)
-    assert limits.samplers == ("ddpm", "ddim", "dpmpp", "dpmpp-sde")
+    assert limits.samplers == ("ddpm", "ddim", "dpmpp", "dpmpp-sde", "renoise")
     # A hand-edited model_config goes through the same checks as params.yaml.
     with pytest.raises(ConfigError, match=r"register.serving.max_rows: 0 is below the minimum 1"):
         RequestLimits.from_model_config({LIMITS_KEY: {"max_rows": 0}})

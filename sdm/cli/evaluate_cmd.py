@@ -47,6 +47,8 @@ def evaluate(
                                                  "1.0,1.5,2.0.")] = None,
     sampler: Annotated[str | None, typer.Option("--sampler", help=f"One of {SAMPLER_CHOICES}.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps.")] = None,
+    eta: Annotated[float | None, typer.Option("--eta", help="Noise of ddim / distilled (0 = deterministic; "
+                                              "default evaluate.eta, a distilled student's own).")] = None,
     num_samples: Annotated[int | None, typer.Option("--num-samples", help="Label maps to use (0 = the whole "
                                                     "split).")] = None,
     repeats: Annotated[int | None, typer.Option("--repeats", help="Samples per label map (diversity needs "
@@ -84,7 +86,7 @@ def evaluate(
                  if steps_sweep not in (None, "config") else None)
     cfg = load_config(preset, set_, params, [
         *flag_overrides("evaluate", guidance_scales=scales, steps_sweep=pairs, split=split, sampler=sampler,
-                        steps=steps, num_samples=num_samples, repeats=repeats, batch_size=batch_size,
+                        steps=steps, eta=eta, num_samples=num_samples, repeats=repeats, batch_size=batch_size,
                         workers=workers, use_gpu=gpu),
         *flag_overrides("evaluate.segmenter", path=segmenter),
     ])
@@ -98,7 +100,7 @@ def evaluate(
             checkpoint=checkpoint_dir(checkpoint), data=data or Path(cfg.data.prepared), out=out,
             steps_sweep=steps_sweep is not None, use_ema=ema, log_mlflow=mlflow,
             device=default_device() if device == "auto" else device, overwrite=overwrite,
-            sampling_given=tuple(sorted(given_keys("evaluate", set_, sampler=sampler, steps=steps))),
+            sampling_given=tuple(sorted(given_keys("evaluate", set_, sampler=sampler, steps=steps, eta=eta))),
         )
         metrics = run_evaluation(request, cfg, log=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "skipped"}, indent=2))

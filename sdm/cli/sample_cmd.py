@@ -101,7 +101,7 @@ def sample(
     crop: Annotated[bool, typer.Option("--crop", help="With another aspect ratio than the model's: keep the "
                                        "centred window of the model's aspect, then resize (implies --resize).")
                     ] = False,
-    eta: Annotated[float | None, typer.Option("--eta", help="DDIM noise (0 = deterministic; default "
+    eta: Annotated[float | None, typer.Option("--eta", help="Noise of ddim / distilled (0 = deterministic; default "
                                               "sample.eta).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[str | None, typer.Option("--precision", help="auto (bf16 where the device runs it "

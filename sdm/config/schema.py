@@ -21,8 +21,9 @@ def _f(default: Any = None, *, factory: Any = None, **checks: Any) -> Any:
 
 # The names of sdm.diffusion.SAMPLERS (a test keeps the two equal); here so that
 # config validation does not import torch.
-# "distilled": a guidance-distilled student's own sampler (DDIM eta 0 on its grid, one pass per step; sdm.distill).
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp", "dpmpp-sde", "distilled")
+# "distilled": a guidance-distilled student's DDIM (sample.eta) on its grid, one pass per step (sdm.distill).
+# "renoise": x_0 predicted, then noised afresh to the next level each step (any model; a student on its grid).
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp", "dpmpp-sde", "distilled", "renoise")
 
 
 @dataclass
@@ -208,6 +209,7 @@ class EvaluateConfig:
     guidance_scales: list[float] = _f(factory=lambda: [1.0, 1.5])
     sampler: str = _f("dpmpp-sde", choices=SAMPLER_NAMES)  # as SampleConfig.sampler
     steps: int = _f(25, min=1)
+    eta: float = _f(0.0, min=0.0, max=1.0)  # as SampleConfig.eta (ddim and distilled); a student's own by default
     num_samples: int = _f(0, min=0)  # 0 = the whole split
     repeats: int = _f(2, min=1)
     batch_size: int = _f(16, min=1)

@@ -75,7 +75,7 @@ def _dir_stats(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def _lock_entry(prepared_dir: Path, root: Path) -> dict[str, Any] | None:
+def lock_entry(prepared_dir: Path, root: Path) -> dict[str, Any] | None:
     """The dvc.lock out entry (with its stage name) whose path is ``prepared_dir``."""
     lock = root / "dvc.lock"
     if not lock.is_file():
@@ -100,7 +100,7 @@ def data_version_info(prepared_dir: str | Path) -> dict[str, Any]:
     manifest = read_manifest(prepared_dir)
     root = find_dvc_root(prepared_dir)
     commit = _git(["rev-parse", "HEAD"], _existing(prepared_dir)) or "nogit"
-    entry = _lock_entry(prepared_dir, root) if root else None
+    entry = lock_entry(prepared_dir, root) if root else None
     info: dict[str, Any] = {"git_commit": commit, "stage": None, "format": manifest.format,
                             "counts": manifest.counts}
     if entry and entry.get("md5") and (entry.get("nfiles"), entry.get("size")) == _dir_stats(prepared_dir):

@@ -185,6 +185,35 @@ def distilled_sample(
                        clip_denoised=clip_denoised)
 
 
+def renoise_sample(
+    denoise: Denoiser,
+    process: GaussianDiffusion,
+    x: Tensor,
+    *,
+    indices: Iterable[int],
+    draw_noise: NoiseDraw,
+    clip_denoised: bool = True,
+) -> Tensor:
+    """Re-noising multistep sampling (Song et al. 2023, "Consistency Models", Algorithm 1): at each step the
+    (clipped) x_0 prediction is noised afresh to the next level, x_prev = sqrt(abar_prev) x_0 + sqrt(1 -
+    abar_prev) z, keeping none of x_t's noise; the last step returns x_0.
+
+    It is DDIM with the largest noise the update allows (sigma^2 = 1 - abar_prev, no eps direction): each step
+    trusts only the x_0 prediction, so at a few steps the layout it commits to is not blurred by a coarse ODE
+    step (benchmarks/RESULTS.md, "Re-noising few-step sampling"). For a distilled student it runs on the
+    student's grid (``sample_loop``), one pass per step. x: x_T [N, 3, H, W]; indices: the process indices,
+    descending. Returns x_0 [N, 3, H, W] (x's dtype).
+    """
+    for i in indices:
+        t, model_output = _denoise_at(denoise, process, x, i)
+        x_start = process.p_mean_variance(model_output, x, t, clip_denoised=clip_denoised)["pred_x_start"]
+        if i == 0:
+            return x_start
+        abar_prev = float(process.alphas_cumprod_prev[i])
+        x = math.sqrt(abar_prev) * x_start + math.sqrt(1 - abar_prev) * draw_noise()
+    return x
+
+
 # The names are sdm.config.schema.SAMPLER_NAMES (a test keeps the two equal).
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddpm": ddpm_sample,
@@ -192,7 +221,11 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "dpmpp": dpmpp_2m_sample,
     "dpmpp-sde": partial(dpmpp_2m_sample, sde=True),
     "distilled": distilled_sample,
+    "renoise": renoise_sample,
 }
+# The samplers that run a distilled student on its own grid(K) (the timesteps it was distilled at); other
+# samplers run it on the evenly respaced process, as any model.
+ON_STUDENT_GRID = ("distilled", "renoise")
 
 
 def draw_normal(shape: tuple[int, ...], generator: Generators, device: torch.device) -> Tensor:
@@ -248,8 +281,8 @@ def sample_loop(
     is the sampling dtype (float32; float64 with a float64 model).
     sampler: a key of ``SAMPLERS``; eta is DDIM's (and ``distilled``'s) and ignored by the other samplers.
     ``distilled`` (a guidance-distilled student's, ``model.guidance_embedded``) runs DDIM with eta on
-    ``grid(steps)`` of the training process instead of the evenly respaced one; a student runs one pass per
-    step with any sampler.
+    ``grid(steps)`` of the training process instead of the evenly respaced one, and so does ``renoise`` on a
+    student (``ON_STUDENT_GRID``); a student runs one pass per step with any sampler.
     generator: one torch.Generator, or one per sample (noise per row), or None (global RNG).
     noise: x_T [N, channels, H, W] to start from (overrides drawing it).
     batched_cfg / use_spade_cache: the exact speed-ups (see ``GuidedDenoiser``);
@@ -263,11 +296,12 @@ def sample_loop(
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if segmap.ndim != 4:
         raise ValueError(f"segmap must be [N, C, H, W], got shape {tuple(segmap.shape)}")
-    if sampler == "distilled":
-        if not getattr(model, "guidance_embedded", False):
-            raise InputError("sampler 'distilled' needs a guidance-distilled student (model.guidance_embed true "
-                             "in its checkpoint's config.json, written by `sdm distill`); this model samples with "
-                             f"{', '.join(s for s in SAMPLERS if s != 'distilled')}")
+    student = getattr(model, "guidance_embedded", False)
+    if sampler == "distilled" and not student:
+        raise InputError("sampler 'distilled' needs a guidance-distilled student (model.guidance_embed true "
+                         "in its checkpoint's config.json, written by `sdm distill`); this model samples with "
+                         f"{', '.join(s for s in SAMPLERS if s != 'distilled')}")
+    if student and sampler in ON_STUDENT_GRID:
         process = diffusion.respace_to(grid(steps, diffusion.num_timesteps))
     else:
         process = diffusion.respace(steps)

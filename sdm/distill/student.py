@@ -3,6 +3,7 @@
 The student is an ordinary sdm checkpoint: the teacher's U-Net plus a guidance embedding
 (``model.guidance_embed``), whose config names its own sampler (``distilled``, K steps) and the guidance range
 it was distilled for, so ``sdm sample``, evaluation and the served model use it with no extra flags.
+Its own sampler is ``renoise`` on its grid; ``distilled`` (DDIM with eta) is served too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from sdm.config.schema import SAMPLER_NAMES, Config, DistillConfig
 from sdm.errors import InputError
 
 DISTILLED = "distilled"
+# The student's own sampler: x_0 re-noised each step, on its grid. On the demo's 8-step student it beat DDIM
+# with eta 1 (mIoU 0.385 -> 0.447, FSD 0.293 -> 0.184, 120 samples) at the same passes per image
+# (benchmarks/RESULTS.md, "Re-noising few-step sampling").
+STUDENT_SAMPLER = "renoise"
 # The student's default DDIM eta: fresh noise each step corrects its errors along the way, as dpmpp-sde's does
 # for the teacher; at the same passes per image it lifted mIoU 0.283 -> 0.366 (8 steps) and 0.233 -> 0.315
 # (4 steps), FSD by ~45% (benchmarks/RESULTS.md, "Stochastic few-step sampling"). 0 = deterministic DDIM.
@@ -30,10 +35,11 @@ def _clamp(value: float, lo: float, hi: float) -> float:
 def student_config(teacher: Config, distill: DistillConfig) -> Config:
     """The student's config: the teacher's, with the guidance embedding and its own sampling settings.
 
-    model.guidance_embed true; sample and evaluate: sampler ``distilled``, ``distill.steps`` (K) steps, guidance
-    scales inside ``distill.guidance_range`` (the teacher's, clamped into it; evaluate keeps those inside, else
-    the sample scale), the steps sweep led by ``distilled:K``; register: the student's model name
-    (``distill.model_name`` or ``<teacher's>-distilled``), serving samplers + ``distilled`` and the serving
+    model.guidance_embed true; sample and evaluate: sampler ``renoise`` (STUDENT_SAMPLER), ``distill.steps`` (K)
+    steps, eta STUDENT_ETA (for ``distilled``), guidance scales inside ``distill.guidance_range`` (the teacher's,
+    clamped into it; evaluate keeps those inside, else the sample scale), the steps sweep led by ``renoise:K``
+    then ``distilled:K``; register: the student's model name (``distill.model_name`` or
+    ``<teacher's>-distilled``), serving samplers + ``distilled`` and ``renoise`` and the serving
     guidance range narrowed to the distilled one; the distill section as given. InputError (naming the keys)
     for a teacher that is itself a student or a grid the diffusion cannot hold.
     """
@@ -49,21 +55,22 @@ def student_config(teacher: Config, distill: DistillConfig) -> Config:
         raise InputError(f"distill.start_steps={distill.start_steps} / distill.steps={distill.steps}: the "
                          f"teacher's diffusion has {steps_t} steps (diffusion.steps); the grids cannot be finer")
     k = distill.steps
-    own = f"{DISTILLED}:{k}"
+    own = [f"{STUDENT_SAMPLER}:{k}", f"{DISTILLED}:{k}"]
     scale = _clamp(teacher.sample.guidance_scale, lo, hi)
     scales = [s for s in teacher.evaluate.guidance_scales if lo <= s <= hi] or [scale]
-    sweep = [own, *(p for p in teacher.evaluate.steps_sweep if not p.strip().startswith(f"{DISTILLED}:"))]
+    sweep = [*own, *(p for p in teacher.evaluate.steps_sweep if p.strip() not in own)]
     serving = teacher.register.serving
     s_lo, s_hi = max(lo, serving.min_guidance_scale), min(hi, serving.max_guidance_scale)
     if s_lo > s_hi:  # the teacher's serving range misses the distilled one: serve the distilled one
         s_lo, s_hi = lo, hi
-    samplers = [s for s in SAMPLER_NAMES if s in serving.samplers or s == DISTILLED]
+    samplers = [s for s in SAMPLER_NAMES if s in serving.samplers or s in (DISTILLED, STUDENT_SAMPLER)]
     name = distill.model_name or f"{teacher.register.model_name}-distilled"
     return replace(
         teacher,
         model=replace(teacher.model, guidance_embed=True),
-        sample=replace(teacher.sample, sampler=DISTILLED, steps=k, guidance_scale=scale, eta=STUDENT_ETA),
-        evaluate=replace(teacher.evaluate, sampler=DISTILLED, steps=k, guidance_scales=scales, steps_sweep=sweep),
+        sample=replace(teacher.sample, sampler=STUDENT_SAMPLER, steps=k, guidance_scale=scale, eta=STUDENT_ETA),
+        evaluate=replace(teacher.evaluate, sampler=STUDENT_SAMPLER, steps=k, eta=STUDENT_ETA, guidance_scales=scales,
+                         steps_sweep=sweep),
         register=replace(teacher.register, model_name=name, serving=replace(
             serving, samplers=samplers, min_guidance_scale=s_lo, max_guidance_scale=s_hi,
             max_steps=max(serving.max_steps, k))),
@@ -72,8 +79,8 @@ def student_config(teacher: Config, distill: DistillConfig) -> Config:
 
 
 def student_sampling(sample: Any, checkpoint_config: Config, given: set[str] | frozenset[str]) -> Any:
-    """``sample`` (a SampleConfig or EvaluateConfig) with a student's own ``sampler`` / ``steps`` (and, for a
-    SampleConfig, ``eta``) as defaults.
+    """``sample`` (a SampleConfig or EvaluateConfig) with a student's own ``sampler``, ``steps`` and ``eta`` as
+    defaults.
 
     For a checkpoint whose config is a student's (model.guidance_embed) the keys not in ``given`` (what the
     user set explicitly: ``{"sampler", "steps", "eta"}`` or part of it) come from the checkpoint's same section
@@ -81,10 +88,9 @@ def student_sampling(sample: Any, checkpoint_config: Config, given: set[str] | f
     """
     if not checkpoint_config.model.guidance_embed:
         return sample
-    evaluate = hasattr(sample, "steps_sweep")
-    own = checkpoint_config.evaluate if evaluate else checkpoint_config.sample
-    # eta goes with the student's own sampler (evaluate has none): a sampler the user named keeps the run's eta.
-    keys = ("sampler", "steps") if evaluate or "sampler" in given else ("sampler", "steps", "eta")
+    own = checkpoint_config.evaluate if hasattr(sample, "steps_sweep") else checkpoint_config.sample
+    # eta goes with the student's own sampler: a sampler the user named keeps the run's eta.
+    keys = ("sampler", "steps") if "sampler" in given else ("sampler", "steps", "eta")
     changes = {key: getattr(own, key) for key in keys if key not in given}
     return replace(sample, **changes)
 

@@ -70,8 +70,8 @@ class EvalRequest:
     # Ray sampling workers (0: evaluate.workers; 1: in this process) and one GPU each (None: evaluate.use_gpu).
     workers: int = 0
     use_gpu: bool | None = None
-    # The evaluate keys ("sampler", "steps") the user set explicitly: a distilled student's own sampler and
-    # steps replace the config's others (sdm.distill.student.student_sampling).
+    # The evaluate keys ("sampler", "steps", "eta") the user set explicitly: a distilled student's own sampler,
+    # steps and eta replace the config's others (sdm.distill.student.student_sampling).
     sampling_given: tuple[str, ...] = ()
 
 
@@ -106,7 +106,7 @@ def _generate(model: Any, ckpt_config: Config, real: dict, config: Config, *, sc
     instances = np.concatenate([real["instances"]] * r) if real["instances"] is not None else None
     start = time.perf_counter()
     kwargs = {"guidance_scale": scale, "sampler": sampler, "steps": steps, "seed": config.evaluate.seed,
-              "batch_size": config.evaluate.batch_size,
+              "batch_size": config.evaluate.batch_size, "eta": config.evaluate.eta,
               # Inference speed settings (sample.precision etc.): bf16 only where the quality guard passed.
               "precision": config.sample.precision, "compile": config.sample.compile,
               "channels_last": config.sample.channels_last, "cache_budget_gb": config.sample.cache_budget_gb}
@@ -229,7 +229,7 @@ def run_evaluation(req: EvalRequest, config: Config, log: Callable[[str], None] 
             "checkpoint": str(Path(req.checkpoint).resolve()), "weights": _weights_used(req),
             "checkpoint_meta": meta, "data": str(Path(req.data).resolve()), "data_version": version,
             "split": ev.split, "num_images": n, "repeats": reps, "guidance_scales": scales,
-            "sampler": ev.sampler, "steps": ev.steps, "steps_sweep": [pair_name(*p) for p in pairs],
+            "sampler": ev.sampler, "steps": ev.steps, "eta": ev.eta, "steps_sweep": [pair_name(*p) for p in pairs],
             "primary_guidance_scale": g0, "segmenter": segmenter.source, "segmenter_info": segmenter.info,
             "fsd_feature_space": segmenter.feature_space,
             "inception": {"weights": str(weights or ""), "source": weights_source(config),

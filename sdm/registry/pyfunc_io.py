@@ -187,6 +187,8 @@ def sampling_options(params: dict[str, Any] | None, sample: SampleConfig, limits
         "sampler": str(params.get("sampler", sample.sampler)),
         "steps": _number(params, "steps", sample.steps, int),
         "seed": _number(params, "seed", sample.seed, int),
+        # DDIM's and ``distilled``'s noise; the model's own (a student's: 1) unless the request names one.
+        "eta": _number(params, "eta", sample.eta, float),
     }
     if opts["sampler"] not in _SAMPLER_CHOICES:
         raise ModelInputError(f"param sampler={opts['sampler']!r} is not one of {', '.join(_SAMPLER_CHOICES)}")
@@ -204,6 +206,8 @@ def sampling_options(params: dict[str, Any] | None, sample: SampleConfig, limits
     if not math.isfinite(g) or not limits.min_guidance_scale <= g <= limits.max_guidance_scale:
         raise ModelInputError(f"param guidance_scale={g} is outside this model's range [{limits.min_guidance_scale}, "
                               f"{limits.max_guidance_scale}] (register.serving.min/max_guidance_scale)")
+    if not 0 <= opts["eta"] <= 1:  # also refuses nan
+        raise ModelInputError(f"param eta={opts['eta']} must be in [0, 1]")
     if not 0 <= opts["seed"] <= _MAX_SEED:
         raise ModelInputError(f"param seed={opts['seed']} must be in [0, 2**63 - 1]")
     return opts

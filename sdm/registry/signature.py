@@ -24,7 +24,7 @@ from sdm.config.schema import Config, SampleConfig
 
 LABELS = "labels"
 INSTANCES = "instances"
-PARAM_NAMES = ("guidance_scale", "sampler", "steps", "seed")
+PARAM_NAMES = ("guidance_scale", "sampler", "steps", "seed", "eta")
 
 
 def model_signature(config: Config, sample: SampleConfig | None = None) -> ModelSignature:
@@ -39,6 +39,7 @@ def model_signature(config: Config, sample: SampleConfig | None = None) -> Model
         ParamSpec("sampler", DataType.string, sample.sampler),
         ParamSpec("steps", DataType.long, int(sample.steps)),
         ParamSpec("seed", DataType.long, int(sample.seed)),
+        ParamSpec("eta", DataType.double, float(sample.eta)),
     ])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 

@@ -44,7 +44,7 @@ def data_record(prepared_dir: str | Path, data_version: str) -> dict[str, Any]:
     The entry counts only while the folder still matches what dvc.lock recorded (the data version
     says ``dvc:``); a folder that was changed or never went through ``dvc repro`` is not in any remote.
     """
-    from sdm.data.version import _lock_entry, find_dvc_root
+    from sdm.data.version import find_dvc_root, lock_entry
 
     prepared_dir = Path(prepared_dir)
     if not data_version.startswith("dvc:"):
@@ -52,7 +52,7 @@ def data_record(prepared_dir: str | Path, data_version: str) -> dict[str, Any]:
                 "reason": f"{prepared_dir} is not the output dvc.lock records (data version {data_version}): "
                           "it was not prepared by `dvc repro` or changed since, so no DVC remote holds it"}
     root = find_dvc_root(prepared_dir)
-    entry = _lock_entry(prepared_dir, root) if root else None
+    entry = lock_entry(prepared_dir, root) if root else None
     if not entry or not entry.get("md5"):
         return {"dvc_tracked": False, "data_version": data_version, "prepared": str(prepared_dir),
                 "reason": f"no dvc.lock entry for {prepared_dir} any more"}

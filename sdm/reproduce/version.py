@@ -63,7 +63,8 @@ def version_record(uri: str, dst: str | Path, config: Config | None = None, flag
     local = Path(run_path) / RECORD_DIR if run_path and run_path != "unknown" else None
     if local is not None and local.is_dir():
         try:
-            copy = Path(shutil.copytree(local, dst / RECORD_DIR, dirs_exist_ok=True))
+            # Its own folder: never mixed with what a failed MLflow download may have left under dst.
+            copy = Path(shutil.copytree(local, dst / "run-folder" / RECORD_DIR))
             return VersionRecord(name, version, uri, tags, run_id, copy, read_record(copy), "run folder")
         except FileNotFoundError as e:
             tried.append(str(e))
