@@ -105,6 +105,14 @@ def test_champion_loads_through_pyfunc_and_generates_uint8_images(mlflow_uri: st
     with_instances = model.predict(pd.DataFrame({"labels": [flat], "instances": [np.arange(64).reshape(8, 8)]}),
                                    params={"steps": 2, "seed": 3})
     assert with_instances.shape == (1, 8, 8, 3) and not np.array_equal(with_instances, plain)
+    # eta reaches DDIM through the params: eta 1 draws fresh noise each step (from the seed), eta 0 none.
+    ddim = {"steps": 3, "seed": 3, "sampler": "ddim"}
+    frame = pd.DataFrame({"labels": labels[:1]})
+    noisy = model.predict(frame, params={**ddim, "eta": 1.0})
+    np.testing.assert_array_equal(model.predict(frame, params={**ddim, "eta": 1.0}), noisy)
+    assert not np.array_equal(model.predict(frame, params={**ddim, "eta": 0.0}), noisy)
+    with pytest.raises(MlflowException, match=r"param eta=2.0 must be in \[0, 1\]"):
+        model.predict(frame, params={**ddim, "eta": 2.0})
     with pytest.raises(MlflowException, match="label map 0 has value 9; the model has 5 classes"):
         model.predict(pd.DataFrame({"labels": [np.full((8, 8), 9)]}))
     with pytest.raises(MlflowException, match=r"map is 16x16 \(HxW\) but the model takes 8x8"):
