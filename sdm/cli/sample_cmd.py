@@ -1,14 +1,14 @@
 """``sdm sample``: label PNGs in, one sampled image per label map + a grid out.
 
     sdm sample --checkpoint DIR | --model models:/NAME@ALIAS --labels FILE_OR_DIR --out DIR [--guidance 1.5]
-               [--sampler ddpm|ddim|dpmpp|dpmpp-sde|distilled] [--steps N] [--seed S] [--batch-size B]
+               [--sampler ddpm|ddim|dpmpp|dpmpp-sde|renoise|distilled] [--steps N] [--seed S] [--batch-size B]
                [--instances FILE_OR_DIR] [--resize] [--crop] [--precision auto|fp32|bf16] [--compile auto|true|false]
 
 The model and diffusion settings come from the checkpoint's config.json; the
 sampling defaults (guidance, sampler, steps, seed, batch size, eta) from the
 ``sample`` section of params.yaml / --preset / --set, then the options here.
 A distilled student (``sdm distill``) samples with its own sampler and steps
-(``distilled``, K) unless --sampler / --steps (or --set sample.sampler/steps) say otherwise.
+(``renoise``, K) unless --sampler / --steps (or --set sample.sampler/steps) say otherwise.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ with lineage tags to its teacher.
 
 ``sdm.registry.register_checkpoint`` does the registering (idempotent, one version per checkpoint, promotion
 by ``register.promotion`` among the student's own versions); this module only supplies what differs for a
-student: the evaluation and registration settings from the student's checkpoint (sampler ``distilled``, K
+student: the evaluation and registration settings from the student's checkpoint (sampler ``renoise``, K
 steps, guidance scales inside its range, the serving samplers) and the ``lineage.teacher_*`` tags.
 """
 

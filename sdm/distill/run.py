@@ -14,7 +14,8 @@ The distillation run folder ``<train.storage_path>/<run-name>/`` holds:
   Each reuses everything of training: checkpoints, resume, Ray workers, MLflow (experiment = the student's
   model name), train_log.jsonl;
 - ``final/``: the last stage's final with the student's config and meta (teacher URI, version and sha256,
-  the stages, the wall time): an ordinary sdm checkpoint that samples with ``distilled``.
+  the stages, the wall time): an ordinary sdm checkpoint that samples with its own sampler (``renoise`` on
+  its grid).
 
 A rerun skips finished stages (their ``final/`` exists) and resumes the interrupted one from its newest
 checkpoint, so a distillation killed at any point ends on the same weights as one run straight through
@@ -295,7 +296,8 @@ def distill(
         wall = round(sum(walls), 3) if all(w is not None for w in walls) else None
         if not (final / CONFIG_FILE).is_file():
             _export_final(prev_final, final, name, plan, wall)
-        say(f"[distill] student: {final} ({config.distill.steps} steps, sampler distilled)")
+        own = json.loads((final / CONFIG_FILE).read_text())["sample"]["sampler"]
+        say(f"[distill] student: {final} ({config.distill.steps} steps, sampler {own})")
     result = DistillResult(run_dir=run_dir, final_dir=final, model_name=model_name, teacher_uri=teacher_uri,
                            teacher_version=version, teacher_sha256=sha, stages=plan["stages"], wall_time_s=wall)
     if register:
