@@ -1,9 +1,9 @@
 """The distilled student: its config and its initial checkpoint (stage one's ``init_from``).
 
 The student is an ordinary sdm checkpoint: the teacher's U-Net plus a guidance embedding
-(``model.guidance_embed``), whose config names its own sampler (``distilled``, K steps) and the guidance range
-it was distilled for, so ``sdm sample``, evaluation and the served model use it with no extra flags.
-Its own sampler is ``renoise`` on its grid; ``distilled`` (DDIM with eta) is served too.
+(``model.guidance_embed``), whose config names its own sampler (``renoise`` on its grid, K steps) and the
+guidance range it was distilled for, so ``sdm sample``, evaluation and the served model use it with no extra
+flags; ``distilled`` (DDIM with eta on the same grid) is served too.
 """
 
 from __future__ import annotations
