@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -246,3 +247,34 @@ def test_data_version_strings_and_the_verdict(tmp_path: Path) -> None:
     moved = result("b" * 64, other)
     assert moved.exit_code == 0 and "another kind of machine" in moved.summary()
     assert "| fsd@1.5 | 3.0 | 3.25 |" in moved.summary() and "device_name another CPU" in moved.summary()
+
+
+def test_a_resume_keeps_the_start_record_and_notes_other_code_or_settings(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fast: the record describes how the run started; resumes on other code or settings go to resumes.json."""
+    from sdm.reproduce import record as rec_mod
+
+    code = {"doc": {"git_commit": "c1", "git_dirty": "false", "code_hash": "a" * 64, "diff": None}, "diff": None}
+    monkeypatch.setattr(rec_mod, "code_record", lambda: (dict(code["doc"]), code["diff"]))
+    run = rec_mod.run_record(local=True, workers=1, use_gpu=False, phases=["pretrain"], run_name="r",
+                             precision="fp32", init_from=None)
+    folder = rec_mod.write_record(tmp_path, "train: {}\n", {"dvc_tracked": False, "reason": "test"}, run)
+    start = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def resume(checkpoint: str, **changes: Any) -> list[dict]:
+        rec_mod.record_resume(tmp_path, checkpoint, {**run, **changes})
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name in start} == start  # start untouched
+        return rec_mod.read_record(folder)["resumes"]
+
+    assert resume("checkpoint-1") == [] and not (folder / rec_mod.RESUMES_FILE).exists()  # same code: nothing
+    code["doc"] = {**code["doc"], "git_dirty": "true", "code_hash": "b" * 64, "diff": "code.diff"}
+    code["diff"] = "diff --git a/sdm/x.py b/sdm/x.py\n"
+    got = resume("checkpoint-2")
+    assert [(r["from_checkpoint"], r["code_hash"], r["diff"]) for r in got] == [("checkpoint-2", "b" * 64,
+                                                                                 "resume-1.diff")]
+    assert (folder / "resume-1.diff").read_text() == code["diff"]
+    assert len(resume("checkpoint-3")) == 1  # the same other code again: nothing new
+    assert [r["workers"] for r in resume("checkpoint-4", workers=2)] == [1, 2]  # other settings
+    code["doc"], code["diff"] = {**code["doc"], "git_dirty": "false", "code_hash": "a" * 64, "diff": None}, None
+    got = resume("checkpoint-5", workers=2)  # back to the start's code: a change from the part before
+    assert [r["code_hash"][0] for r in got] == ["b", "b", "a"] and got[-1]["diff"] is None

@@ -14,6 +14,9 @@ like the rest of the tracking). Files (names in mlflow/README.md):
 - ``code.diff``: ``git diff --binary HEAD`` of the tracked files (only when dirty): ``git apply`` restores them;
 - ``run.json``: how it ran: ``mode`` (local | ray), ``workers``, ``use_gpu``, ``phases``, ``run_name``,
   ``init_from``, and ``machine``: the resolved precision, torch version, device type and device (CPU) model.
+- ``resumes.json`` (only when it happened): each resume that ran on other code or other run settings than
+  the part before it: the checkpoint it resumed from, its code.json and run.json fields (a dirty tree's diff
+  as ``resume-<n>.diff``). The files above keep describing the start: a resume never rewrites them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ DATA_FILE = "data.json"
 CODE_FILE = "code.json"
 DIFF_FILE = "code.diff"
 RUN_FILE = "run.json"
+RESUMES_FILE = "resumes.json"
 FILES = (CONFIG_FILE, DATA_FILE, CODE_FILE, DIFF_FILE, RUN_FILE)
+# What a resume compares with the part before it: other values here make the run's weights depend on both.
+_RESUME_CODE_KEYS = ("code_hash",)
+_RESUME_RUN_KEYS = ("mode", "workers", "use_gpu", "machine")
 
 # The machine facts that decide whether two runs must give the same bits (README: Reproducing a model).
 MACHINE_KEYS = ("device", "device_name", "torch", "precision")
@@ -143,8 +150,52 @@ def write_record(run_dir: str | Path, config_yaml: str, data: dict[str, Any], ru
     return target
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_resumes(folder: str | Path) -> list[dict[str, Any]]:
+    """The entries of ``resumes.json`` in a record folder ([] when the run was never resumed differently)."""
+    path = Path(folder) / RESUMES_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def record_resume(run_dir: str | Path, checkpoint: str, run: dict[str, Any]) -> Path:
+    """A resume of the run in ``run_dir`` from ``checkpoint`` with ``run`` (a ``run_record``): the start's
+    record stays; when the code (code_hash) or how it runs (mode, workers, GPU, machine) differs from the part
+    before (the last entry of resumes.json, else the start), an entry is appended to resumes.json. Returns the
+    record folder."""
+    target = Path(run_dir) / RECORD_DIR
+    resumes = read_resumes(target)
+    before = resumes[-1] if resumes else {**json.loads((target / CODE_FILE).read_text()),
+                                          **json.loads((target / RUN_FILE).read_text())}
+    code, diff = code_record()
+    if all(code.get(k) == before.get(k) for k in _RESUME_CODE_KEYS) and \
+            all(run.get(k) == before.get(k) for k in _RESUME_RUN_KEYS):
+        return target
+    if diff:
+        code["diff"] = f"resume-{len(resumes) + 1}.diff"
+        _write_atomically(target / code["diff"], diff.encode(errors="surrogateescape"))
+    resumes.append({"from_checkpoint": checkpoint, **code, **run})
+    _write_atomically(target / RESUMES_FILE, (json.dumps(resumes, indent=1) + "\n").encode())
+    return target
+
+
 def read_record(folder: str | Path) -> dict[str, Any]:
-    """``{"config": dict, "data": ..., "code": ..., "run": ..., "diff_path": Path | None}`` of a record folder.
+    """``{"config": dict, "data": ..., "code": ..., "run": ..., "diff_path": Path | None, "resumes": list}`` of
+    a record folder.
 
     Raises FileNotFoundError naming the folder and the missing file.
     """
@@ -157,16 +208,20 @@ def read_record(folder: str | Path) -> dict[str, Any]:
     diff = folder / DIFF_FILE if code.get("diff") and (folder / DIFF_FILE).is_file() else None
     return {"config": yaml.safe_load((folder / CONFIG_FILE).read_text()) or {},
             "data": json.loads((folder / DATA_FILE).read_text()), "code": code,
-            "run": json.loads((folder / RUN_FILE).read_text()), "diff_path": diff}
+            "run": json.loads((folder / RUN_FILE).read_text()), "diff_path": diff, "resumes": read_resumes(folder)}
 
 
 def record_run(run_dir: str | Path, config: Any, data_version: str, *, local: bool, phases: list[str],
-               run_name: str, init_from: str | None) -> Path:
+               run_name: str, init_from: str | None, resume_from: str | None = None) -> Path:
     """The record of a training run about to start with ``config`` (``sdm.config.Config``, workers and
-    use_gpu resolved) on data ``data_version``: written to ``<run_dir>/reproduce/``; returns that folder."""
+    use_gpu resolved) on data ``data_version``: written to ``<run_dir>/reproduce/``; returns that folder.
+
+    ``resume_from`` (the checkpoint a resume starts from) with a record already there: ``record_resume``."""
     from sdm.config import dump_yaml
 
     tc = config.train
     run = run_record(local=local, workers=tc.workers, use_gpu=tc.use_gpu, phases=phases, run_name=run_name,
                      precision=tc.precision, init_from=init_from)
+    if resume_from is not None and (Path(run_dir) / RECORD_DIR / CODE_FILE).is_file():
+        return record_resume(run_dir, resume_from, run)
     return write_record(run_dir, dump_yaml(config), data_record(config.data.prepared, data_version), run)

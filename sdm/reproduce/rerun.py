@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdm.errors import InputError
-from sdm.reproduce.record import MACHINE_KEYS, machine_record, same_machine_kind
+from sdm.reproduce.record import MACHINE_KEYS, RECORD_DIR, machine_record, same_machine_kind
 
 if TYPE_CHECKING:
     from sdm.config import Config
@@ -202,6 +202,13 @@ def reproduce(uri: str, out: str | Path, config: Config | None = None, *, overwr
         run = rec.record["run"]
         log(f"[reproduce] {uri} (v{rec.version} of {rec.name}): run {run['run_name']}, {run['mode']} with "
             f"{run['workers']} worker(s){', GPU' if run['use_gpu'] else ''}; record from the {rec.source}")
+        resumes = rec.record.get("resumes") or []
+        if resumes:
+            parts = "; ".join(f"from {r.get('from_checkpoint')}: code {str(r.get('code_hash'))[:12]}, {r.get('mode')} "
+                              f"with {r.get('workers')} worker(s)" for r in resumes)
+            log(f"[reproduce] note: the run was resumed on other code or settings than it started with ({parts}; "
+                f"{RECORD_DIR}/resumes.json). It is re-created straight through with the code and settings it "
+                "started with, so its weights may differ from the version's")
         marker = {"model": uri, "version": rec.version, "data": data["md5"]}
         with atomic_dir(out, kind=REPRODUCTION, overwrite=overwrite, marker=marker) as tmp:
             checkout_data(data["data_version"], tmp / "data", root=root, entry=data, log=log)
@@ -229,6 +236,7 @@ def reproduce(uri: str, out: str | Path, config: Config | None = None, *, overwr
             report = {"model": uri, "name": rec.name, "version": rec.version, "identical": result.identical,
                       "same_machine_kind": result.same_machine, "expected_sha256": expected, "sha256": sha256,
                       "recorded_machine": result.recorded_machine, "machine": machine, "data_md5": data["md5"],
+                      "resumed_differently": len(resumes),
                       "figures": {k: list(v) for k, v in result.figures.items()}}
             (tmp / REPORT).write_text(json.dumps(report, indent=1) + "\n")
     return result

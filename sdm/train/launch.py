@@ -221,7 +221,8 @@ def train(
     from sdm.reproduce.record import RECORD_DIR, record_run
 
     record_dir = record_run(run_dir, config, pre.data_version, local=local, phases=phases, run_name=run_name,
-                            init_from=(init_label or str(init_path.resolve())) if init_path is not None else None)
+                            init_from=(init_label or str(init_path.resolve())) if init_path is not None else None,
+                            resume_from=pre.resume.name if pre.resume else None)
 
     run_log = RunLog(run_dir)
     hooks: list[Hook] = [ConsoleProgress(say), run_log]
