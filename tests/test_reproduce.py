@@ -164,9 +164,15 @@ def test_different_weights_fail_on_the_same_machine_kind_and_are_evaluated_on_an
     run = json.loads((rec / "run.json").read_text())
     run["machine"]["device_name"] = "another CPU"
     (rec / "run.json").write_text(json.dumps(run))
+    # ... and was resumed once on other code: said, and counted in the report.
+    (rec / "resumes.json").write_text(json.dumps([{"from_checkpoint": "checkpoint-pretrain-0000002",
+                                                   "code_hash": "b" * 64, "mode": "local", "workers": 1}]))
     client.log_artifacts(registered["run_id"], str(rec), "reproduce")
     got = CliRunner().invoke(app, ["reproduce", registered["uri"], "--out", str(tmp_path / "other")])
     assert got.exit_code == 0, got.output
+    assert "resumed on other code or settings than it started with (from checkpoint-pretrain-0000002: code " \
+           "bbbbbbbbbbbb, local with 1 worker(s)" in got.output, got.output
+    assert json.loads((tmp_path / "other" / "report.json").read_text())["resumed_differently"] == 1
     assert "another kind of machine (recorded: device_name another CPU)" in got.output
     # Every figure of either: the version's (its metrics.* tags) beside the new evaluation's.
     assert re.search(r"\| miou@1\.5 \| 0\.25 \| 0\.\d+ \|", got.output), got.output
