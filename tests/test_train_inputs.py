@@ -46,6 +46,12 @@ def test_global_batch_not_divisible_by_workers(prepared, tmp_path):
         _train(tiny_config(prepared, tmp_path, "train.batch_size=5"), workers=2)
 
 
+def test_a_students_network_is_refused_outside_a_distillation_stage(prepared, tmp_path):
+    with pytest.raises(ConfigError, match=r"model.guidance_embed is true .* distill.stage is empty.*sdm distill"):
+        _train(tiny_config(prepared, tmp_path, "model.guidance_embed=true"), workers=2)
+    assert not (tmp_path / "r").exists()
+
+
 def test_batch_larger_than_the_train_split(prepared, tmp_path):
     with pytest.raises(PreflightError, match="fewer than the global batch"):
         _train(tiny_config(prepared, tmp_path, "train.batch_size=64"))

@@ -59,6 +59,12 @@ def check_config(config: Config, workers: int, phases: list[str]) -> None:
     if tc.batch_size % workers:
         raise ConfigError(f"train.batch_size {tc.batch_size} is not divisible by {workers} workers: "
                           f"use a multiple of {workers} (e.g. {max(workers, tc.batch_size // workers * workers)})")
+    # A student's network takes the guidance scale as an input: only a stage of `sdm distill` can train it,
+    # and ordinary training would fail at its first forward, after the workers started.
+    if config.model.guidance_embed and not config.distill.stage:
+        raise ConfigError("model.guidance_embed is true (a distilled student's network) but distill.stage is empty: "
+                          "ordinary training cannot train it; distil a student with `sdm distill --teacher ...`, "
+                          "or train with model.guidance_embed false")
 
 
 def check_data(config: Config, manifest: Manifest, prepared: Path) -> int:
