@@ -216,7 +216,8 @@ class EvaluateConfig:
     seed: int = 0
     # "sampler:steps" pairs for the steps sweep.
     steps_sweep: list[str] = _f(
-        factory=lambda: ["ddpm:1000", "ddim:50", "dpmpp:25", "dpmpp:15", "dpmpp-sde:25", "dpmpp-sde:15"]
+        factory=lambda: ["ddpm:1000", "ddim:50", "dpmpp:25", "dpmpp:15", "dpmpp-sde:25", "dpmpp-sde:15", "renoise:25",
+                         "renoise:8"]
     )
     inception_weights: str = ""
     lpips_weights: str = ""
