@@ -69,6 +69,26 @@ def make_temp_dir(directory: str | Path) -> Path:
     return tmp
 
 
+def write_file(path: str | Path, data: bytes) -> Path:
+    """Replace the file ``path`` with ``data`` all at once: a reader sees the old or the new content, never part.
+
+    Written to ``.<name>.tmp-<host>-<pid>-<token>`` beside it (the user's umask, not mkstemp's 0600), synced,
+    renamed over ``path``; a failure removes the temp file. Returns ``path``.
+    """
+    path = Path(path)
+    tmp = _owned_name(path, "tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _libc_renameat2() -> Any:
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2

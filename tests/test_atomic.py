@@ -187,3 +187,26 @@ def test_checkpoint_prune_removes_only_dead_writers_leftovers(tmp_path: Path) ->
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_write_file_replaces_a_file_whole_with_the_users_permissions(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdm.atomic import write_file
+
+    target = tmp_path / "resumes.json"
+    target.write_text("old")
+    old_umask = os.umask(0o022)
+    try:
+        write_file(target, b"new")
+    finally:
+        os.umask(old_umask)
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resumes.json"]
+
+    def full_disk(fd: int) -> None:  # the data cannot reach the disk
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_file(target, b"newer")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["resumes.json"]

@@ -9,12 +9,12 @@ When logging fails, the folder stays, its ``evaluation.json`` says why under
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sdm.atomic import write_file
 from sdm.config import Config
 
 INFO_FILE = "evaluation.json"
@@ -60,9 +60,7 @@ def record_status(out_dir: Path, status: dict[str, Any]) -> None:
     path = Path(out_dir) / INFO_FILE
     info = json.loads(path.read_text()) if path.exists() else {}
     info["mlflow"] = status
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_file(path, (json.dumps(info, indent=2, default=str) + "\n").encode())
 
 
 def log_evaluation(run_id: str, metrics: dict[str, float], out_dir: Path, config: Config,

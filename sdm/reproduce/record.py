@@ -150,22 +150,6 @@ def write_record(run_dir: str | Path, config_yaml: str, data: dict[str, Any], ru
     return target
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_resumes(folder: str | Path) -> list[dict[str, Any]]:
     """The entries of ``resumes.json`` in a record folder ([] when the run was never resumed differently)."""
     path = Path(folder) / RESUMES_FILE
@@ -177,6 +161,8 @@ def record_resume(run_dir: str | Path, checkpoint: str, run: dict[str, Any]) -> 
     record stays; when the code (code_hash) or how it runs (mode, workers, GPU, machine) differs from the part
     before (the last entry of resumes.json, else the start), an entry is appended to resumes.json. Returns the
     record folder."""
+    from sdm.atomic import write_file
+
     target = Path(run_dir) / RECORD_DIR
     resumes = read_resumes(target)
     before = resumes[-1] if resumes else {**json.loads((target / CODE_FILE).read_text()),
@@ -187,9 +173,9 @@ def record_resume(run_dir: str | Path, checkpoint: str, run: dict[str, Any]) -> 
         return target
     if diff:
         code["diff"] = f"resume-{len(resumes) + 1}.diff"
-        _write_atomically(target / code["diff"], diff.encode(errors="surrogateescape"))
+        write_file(target / code["diff"], diff.encode(errors="surrogateescape"))
     resumes.append({"from_checkpoint": checkpoint, **code, **run})
-    _write_atomically(target / RESUMES_FILE, (json.dumps(resumes, indent=1) + "\n").encode())
+    write_file(target / RESUMES_FILE, (json.dumps(resumes, indent=1) + "\n").encode())
     return target
 
 
